@@ -1,0 +1,136 @@
+//! Rows of the request store.
+
+use cas_core::{ClientTimestamp, RequestStatus};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// The `message` strings the reference service writes; clients require a string.
+pub mod messages {
+    /// A request waiting for its batch.
+    pub const PENDING: &str = "Request is pending.";
+    /// A request whose anchor is recorded.
+    pub const COMPLETED: &str = "CID successfully anchored.";
+}
+
+/// A request to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRequest {
+    /// The request id (UUIDv7, so the primary key index stays append-mostly).
+    pub id: Uuid,
+    /// Canonical CID string.
+    pub cid: String,
+    /// Base36 stream id.
+    pub stream_id: String,
+    /// Who asked: a DID, or the client IP.
+    pub origin: String,
+    /// The client's timestamp.
+    pub timestamp: ClientTimestamp,
+    /// When the service accepted it.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The anchor of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorRecord {
+    /// The anchored request.
+    pub request_id: Uuid,
+    /// The batch it was anchored in.
+    pub batch_id: Uuid,
+    /// The leaf index within the batch's tree.
+    pub leaf_index: i32,
+    /// Merkle path, `0/1/...`.
+    pub path: String,
+    /// CID of the anchor commit (time event).
+    pub commit_cid: String,
+    /// CID of the proof block.
+    pub proof_cid: String,
+    /// When the anchor was recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored request in its current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// Request id.
+    pub id: Uuid,
+    /// Canonical CID string.
+    pub cid: String,
+    /// Base36 stream id.
+    pub stream_id: String,
+    /// Who asked.
+    pub origin: String,
+    /// The client's timestamp.
+    pub timestamp: ClientTimestamp,
+    /// Stored status (the effective status also considers `anchor`).
+    pub stored_status: RequestStatus,
+    /// Stored message.
+    pub stored_message: String,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When its stored state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Its anchor, once anchored.
+    pub anchor: Option<AnchorRecord>,
+}
+
+impl RequestRecord {
+    /// A freshly created PENDING record for a new request.
+    pub fn pending(new: &NewRequest) -> Self {
+        Self {
+            id: new.id,
+            cid: new.cid.clone(),
+            stream_id: new.stream_id.clone(),
+            origin: new.origin.clone(),
+            timestamp: new.timestamp,
+            stored_status: RequestStatus::Pending,
+            stored_message: messages::PENDING.to_owned(),
+            created_at: new.created_at,
+            updated_at: new.created_at,
+            anchor: None,
+        }
+    }
+
+    /// The status clients see: COMPLETED once an anchor exists, else the stored one.
+    pub fn status(&self) -> RequestStatus {
+        if self.anchor.is_some() {
+            RequestStatus::Completed
+        } else {
+            self.stored_status
+        }
+    }
+
+    /// The message clients see.
+    pub fn message(&self) -> &str {
+        if self.anchor.is_some() {
+            messages::COMPLETED
+        } else {
+            &self.stored_message
+        }
+    }
+
+    /// When the visible state last changed.
+    pub fn effective_updated_at(&self) -> DateTime<Utc> {
+        match &self.anchor {
+            Some(anchor) => anchor.created_at.max(self.updated_at),
+            None => self.updated_at,
+        }
+    }
+}
+
+/// The result of inserting one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Newly stored (the API answers 201).
+    Created(RequestRecord),
+    /// Already stored, in its current state (the API answers 202).
+    Existing(RequestRecord),
+}
+
+impl InsertOutcome {
+    /// The record, whichever way it came.
+    pub fn record(&self) -> &RequestRecord {
+        match self {
+            Self::Created(r) | Self::Existing(r) => r,
+        }
+    }
+}
