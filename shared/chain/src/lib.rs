@@ -51,7 +51,10 @@ mod tests {
 
     #[tokio::test]
     async fn reports_bad_urls_and_unreachable_nodes() {
-        assert!(matches!(fetch_chain_id("not a url").await, Err(ChainError::InvalidUrl(_))));
+        assert!(matches!(
+            fetch_chain_id("not a url").await,
+            Err(ChainError::InvalidUrl(_))
+        ));
         assert!(matches!(
             fetch_chain_id("http://127.0.0.1:1").await,
             Err(ChainError::Rpc(_))

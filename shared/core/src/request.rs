@@ -54,7 +54,8 @@ pub fn parse_cid(text: &str) -> Result<Cid, String> {
 /// Parse a JSON request body: `{streamId, cid, timestamp, jsCeramicVersion?, ceramicOneVersion?}`.
 /// Unknown fields are ignored.
 pub fn parse_json_request(body: &[u8]) -> Result<AnchorRequest, RequestError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
     let Value::Object(map) = value else {
         return Err(RequestError::NotJson("expected an object".to_owned()));
     };
@@ -75,8 +76,8 @@ pub fn parse_json_request(body: &[u8]) -> Result<AnchorRequest, RequestError> {
             .map_err(|e| errors.push(format!("invalid streamId {s:?}: {e}")))
             .ok()
     });
-    let cid = text_field("cid", &mut errors)
-        .and_then(|s| parse_cid(&s).map_err(|e| errors.push(e)).ok());
+    let cid =
+        text_field("cid", &mut errors).and_then(|s| parse_cid(&s).map_err(|e| errors.push(e)).ok());
     let timestamp = text_field("timestamp", &mut errors).and_then(|s| {
         ClientTimestamp::parse(&s)
             .map_err(|e| errors.push(e.to_string()))
@@ -118,13 +119,18 @@ pub async fn parse_car_request(body: &[u8]) -> Result<AnchorRequest, RequestErro
             root_block = Some(data);
         }
     }
-    let data = root_block
-        .ok_or_else(|| RequestError::Car(format!("the CAR does not contain its root block {root}")))?;
+    let data = root_block.ok_or_else(|| {
+        RequestError::Car(format!("the CAR does not contain its root block {root}"))
+    })?;
     if root.hash().code() == SHA2_256 && Sha256::digest(&data)[..] != *root.hash().digest() {
-        return Err(RequestError::Car(format!("root block does not hash to its cid {root}")));
+        return Err(RequestError::Car(format!(
+            "root block does not hash to its cid {root}"
+        )));
     }
     if root.codec() != 0x71 {
-        return Err(RequestError::Car(format!("root block {root} is not dag-cbor")));
+        return Err(RequestError::Car(format!(
+            "root block {root} is not dag-cbor"
+        )));
     }
     let ipld: Ipld = serde_ipld_dagcbor::from_slice(&data)
         .map_err(|e| RequestError::Car(format!("root block is not valid dag-cbor: {e}")))?;
@@ -206,7 +212,10 @@ mod tests {
         .unwrap();
         assert_eq!(req.cid.to_string(), CID);
         assert_eq!(req.stream_id.to_string(), STREAM);
-        assert_eq!(req.ceramic_one_version.as_deref(), Some("ceramic-one/0.40.0"));
+        assert_eq!(
+            req.ceramic_one_version.as_deref(),
+            Some("ceramic-one/0.40.0")
+        );
         assert_eq!(req.js_ceramic_version, None);
     }
 
@@ -242,9 +251,18 @@ mod tests {
 
     #[test]
     fn rejects_non_objects() {
-        assert!(matches!(parse_json_request(b"[]"), Err(RequestError::NotJson(_))));
-        assert!(matches!(parse_json_request(b"{"), Err(RequestError::NotJson(_))));
-        assert!(matches!(parse_json_request(b""), Err(RequestError::NotJson(_))));
+        assert!(matches!(
+            parse_json_request(b"[]"),
+            Err(RequestError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_json_request(b"{"),
+            Err(RequestError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_json_request(b""),
+            Err(RequestError::NotJson(_))
+        ));
     }
 
     #[tokio::test]
@@ -255,8 +273,14 @@ mod tests {
             serde_json::from_slice(&std::fs::read(format!("{dir}/cas-car-request.json")).unwrap())
                 .unwrap();
         let req = parse_car_request(&car).await.unwrap();
-        assert_eq!(req.cid.to_string(), expect["expect"]["cid"].as_str().unwrap());
-        assert_eq!(req.stream_id.to_string(), expect["expect"]["streamId"].as_str().unwrap());
+        assert_eq!(
+            req.cid.to_string(),
+            expect["expect"]["cid"].as_str().unwrap()
+        );
+        assert_eq!(
+            req.stream_id.to_string(),
+            expect["expect"]["streamId"].as_str().unwrap()
+        );
         assert_eq!(
             req.timestamp,
             ClientTimestamp::parse(expect["expect"]["timestamp"].as_str().unwrap()).unwrap()
@@ -266,12 +290,18 @@ mod tests {
     #[tokio::test]
     async fn rejects_garbage_cars() {
         for bad in [&b""[..], b"garbage", &[0xff; 64]] {
-            assert!(matches!(parse_car_request(bad).await, Err(RequestError::Car(_))));
+            assert!(matches!(
+                parse_car_request(bad).await,
+                Err(RequestError::Car(_))
+            ));
         }
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
         let car = std::fs::read(format!("{dir}/cas-car-request.car")).unwrap();
         for cut in [10, 60, car.len() / 2] {
-            assert!(parse_car_request(&car[..cut]).await.is_err(), "cut at {cut}");
+            assert!(
+                parse_car_request(&car[..cut]).await.is_err(),
+                "cut at {cut}"
+            );
         }
     }
 }

@@ -55,7 +55,8 @@ impl StreamId {
 
     /// Parse the binary form.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StreamIdError> {
-        let (codec, rest) = unsigned_varint::decode::u64(bytes).map_err(|_| StreamIdError::Varint)?;
+        let (codec, rest) =
+            unsigned_varint::decode::u64(bytes).map_err(|_| StreamIdError::Varint)?;
         if codec != STREAM_ID_CODEC {
             return Err(StreamIdError::WrongCodec);
         }
@@ -85,7 +86,8 @@ impl FromStr for StreamId {
 
     /// Parse any multibase form; the canonical form is base36 lower case (`k...`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (_, bytes) = multibase::decode(s).map_err(|e| StreamIdError::Multibase(e.to_string()))?;
+        let (_, bytes) =
+            multibase::decode(s).map_err(|e| StreamIdError::Multibase(e.to_string()))?;
         Self::from_bytes(&bytes)
     }
 }
@@ -118,25 +120,41 @@ mod tests {
 
     #[test]
     fn rejects_malformed_stream_ids() {
-        assert!(matches!("".parse::<StreamId>(), Err(StreamIdError::Multibase(_))));
-        assert!(matches!("k!!!".parse::<StreamId>(), Err(StreamIdError::Multibase(_))));
+        assert!(matches!(
+            "".parse::<StreamId>(),
+            Err(StreamIdError::Multibase(_))
+        ));
+        assert!(matches!(
+            "k!!!".parse::<StreamId>(),
+            Err(StreamIdError::Multibase(_))
+        ));
         // A CID string is valid multibase but not a stream id.
         let cid = "bafyreia776z4jdg5zgycivcpr3q6lcu6llfowkrljkmq3bex2k5hkzat54";
         assert_eq!(cid.parse::<StreamId>(), Err(StreamIdError::WrongCodec));
         // Truncated init CID.
         let mut bytes: Vec<u8> = CERAMIC_ONE.parse::<StreamId>().unwrap().to_bytes();
         bytes.truncate(bytes.len() - 3);
-        assert!(matches!(StreamId::from_bytes(&bytes), Err(StreamIdError::Cid(_))));
+        assert!(matches!(
+            StreamId::from_bytes(&bytes),
+            Err(StreamIdError::Cid(_))
+        ));
         // Trailing bytes (a commit id).
         let mut bytes: Vec<u8> = CERAMIC_ONE.parse::<StreamId>().unwrap().to_bytes();
         bytes.push(0);
-        assert_eq!(StreamId::from_bytes(&bytes), Err(StreamIdError::TrailingBytes));
+        assert_eq!(
+            StreamId::from_bytes(&bytes),
+            Err(StreamIdError::TrailingBytes)
+        );
         assert_eq!(StreamId::from_bytes(&[]), Err(StreamIdError::Varint));
     }
 
     #[test]
     fn unloadable_and_other_types_round_trip() {
-        let init = CERAMIC_ONE.parse::<StreamId>().unwrap().init_cid().to_owned();
+        let init = CERAMIC_ONE
+            .parse::<StreamId>()
+            .unwrap()
+            .init_cid()
+            .to_owned();
         for stream_type in [0, 1, 2, 3, 4, 300] {
             let id = StreamId::new(stream_type, init);
             let back: StreamId = id.to_string().parse().unwrap();

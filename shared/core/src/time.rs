@@ -98,9 +98,18 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_out_of_range() {
-        for bad in ["", "yesterday", "2023-13-01T00:00:00Z", "1674667962971", "2023-01-25T25:00:00Z"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2023-13-01T00:00:00Z",
+            "1674667962971",
+            "2023-01-25T25:00:00Z",
+        ] {
             assert!(
-                matches!(ClientTimestamp::parse(bad), Err(TimestampError::Unparseable(_))),
+                matches!(
+                    ClientTimestamp::parse(bad),
+                    Err(TimestampError::Unparseable(_))
+                ),
                 "{bad}"
             );
         }

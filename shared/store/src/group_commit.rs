@@ -25,7 +25,11 @@ pub struct GroupCommitConfig {
 
 impl Default for GroupCommitConfig {
     fn default() -> Self {
-        Self { max_batch: 1024, workers: 4, queue_capacity: 65_536 }
+        Self {
+            max_batch: 1024,
+            workers: 4,
+            queue_capacity: 65_536,
+        }
     }
 }
 
@@ -64,17 +68,19 @@ impl GroupCommitter {
     /// Insert one request; resolves once it is durable (or known to exist already).
     pub async fn submit(&self, request: NewRequest) -> Result<InsertOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender.try_send(Job { request, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                StoreError::Unavailable("ingest queue is full".to_owned())
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                StoreError::Unavailable("ingest is shutting down".to_owned())
-            }
-        })?;
-        answer
-            .await
-            .map_err(|_| StoreError::Internal("ingest worker stopped before answering".to_owned()))?
+        self.sender
+            .try_send(Job { request, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Unavailable("ingest queue is full".to_owned())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("ingest is shutting down".to_owned())
+                }
+            })?;
+        answer.await.map_err(|_| {
+            StoreError::Internal("ingest worker stopped before answering".to_owned())
+        })?
     }
 }
 

@@ -60,7 +60,10 @@ impl From<sqlx::Error> for StoreError {
 #[async_trait]
 pub trait RequestStore: Send + Sync + 'static {
     /// Insert new requests; see the trait docs for the idempotency contract.
-    async fn insert_requests(&self, requests: &[NewRequest]) -> Result<Vec<InsertOutcome>, StoreError>;
+    async fn insert_requests(
+        &self,
+        requests: &[NewRequest],
+    ) -> Result<Vec<InsertOutcome>, StoreError>;
 
     /// The request whose anchored CID has this canonical string, with its anchor if any.
     async fn get_request(&self, cid: &str) -> Result<Option<RequestRecord>, StoreError>;

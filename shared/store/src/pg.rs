@@ -12,7 +12,9 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::{AnchorRecord, InsertOutcome, NewRequest, RequestRecord, RequestStore, StoreError, messages};
+use crate::{
+    AnchorRecord, InsertOutcome, NewRequest, RequestRecord, RequestStore, StoreError, messages,
+};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -88,7 +90,9 @@ impl PgStore {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(StoreError::NotMigrated(format!("missing migrations {missing:?}")))
+            Err(StoreError::NotMigrated(format!(
+                "missing migrations {missing:?}"
+            )))
         }
     }
 }
@@ -126,7 +130,10 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, StoreError> {
 
 #[async_trait]
 impl RequestStore for PgStore {
-    async fn insert_requests(&self, requests: &[NewRequest]) -> Result<Vec<InsertOutcome>, StoreError> {
+    async fn insert_requests(
+        &self,
+        requests: &[NewRequest],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,7 +152,10 @@ impl RequestStore for PgStore {
         let cids: Vec<&str> = candidates.iter().map(|r| r.cid.as_str()).collect();
         let streams: Vec<&str> = candidates.iter().map(|r| r.stream_id.as_str()).collect();
         let origins: Vec<&str> = candidates.iter().map(|r| r.origin.as_str()).collect();
-        let stamps: Vec<i64> = candidates.iter().map(|r| r.timestamp.unix_nanos()).collect();
+        let stamps: Vec<i64> = candidates
+            .iter()
+            .map(|r| r.timestamp.unix_nanos())
+            .collect();
         let created: Vec<DateTime<Utc>> = candidates.iter().map(|r| r.created_at).collect();
 
         let inserted: Vec<String> = sqlx::query_scalar(
@@ -175,7 +185,10 @@ impl RequestStore for PgStore {
         let mut existing: HashMap<String, RequestRecord> = HashMap::new();
         if !existing_cids.is_empty() {
             let sql = const_format_select_any();
-            let rows = sqlx::query(sql).bind(&existing_cids).fetch_all(&self.pool).await?;
+            let rows = sqlx::query(sql)
+                .bind(&existing_cids)
+                .fetch_all(&self.pool)
+                .await?;
             for row in &rows {
                 let record = record_from_row(row)?;
                 existing.insert(record.cid.clone(), record);
@@ -200,7 +213,10 @@ impl RequestStore for PgStore {
                         .cloned()
                         .map(InsertOutcome::Existing)
                         .ok_or_else(|| {
-                            StoreError::Internal(format!("request {} neither inserted nor found", r.cid))
+                            StoreError::Internal(format!(
+                                "request {} neither inserted nor found",
+                                r.cid
+                            ))
                         })
                 }
             })

@@ -82,7 +82,10 @@ mod tests {
             replace_database("postgres://u@h:5/postgres", "x"),
             "postgres://u@h:5/x"
         );
-        assert_eq!(replace_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+        assert_eq!(
+            replace_database("postgres://u@h:5", "x"),
+            "postgres://u@h:5/x"
+        );
         assert_eq!(
             replace_database("postgres://u:p@h/db?sslmode=disable", "x"),
             "postgres://u:p@h/x?sslmode=disable"

@@ -38,14 +38,23 @@ pub async fn run_all(store: &dyn RequestStore) {
 /// A created request reads back exactly, as PENDING.
 pub async fn insert_then_get(store: &dyn RequestStore) {
     let req = new_request("get");
-    let outcomes = store.insert_requests(std::slice::from_ref(&req)).await.unwrap();
-    assert!(matches!(&outcomes[..], [InsertOutcome::Created(_)]), "{outcomes:?}");
+    let outcomes = store
+        .insert_requests(std::slice::from_ref(&req))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcomes[..], [InsertOutcome::Created(_)]),
+        "{outcomes:?}"
+    );
     let got = store.get_request(&req.cid).await.unwrap().expect("stored");
     assert_eq!(got.id, req.id);
     assert_eq!(got.cid, req.cid);
     assert_eq!(got.stream_id, req.stream_id);
     assert_eq!(got.origin, req.origin);
-    assert_eq!(got.timestamp, req.timestamp, "client timestamp keeps nanoseconds");
+    assert_eq!(
+        got.timestamp, req.timestamp,
+        "client timestamp keeps nanoseconds"
+    );
     assert_eq!(got.status(), RequestStatus::Pending);
     assert_eq!(got.message(), messages::PENDING);
     assert_eq!(got.created_at, req.created_at);
@@ -56,7 +65,10 @@ pub async fn insert_then_get(store: &dyn RequestStore) {
 /// A second insert of the same CID changes nothing and returns the stored row.
 pub async fn insert_is_idempotent(store: &dyn RequestStore) {
     let first = new_request("idem");
-    store.insert_requests(std::slice::from_ref(&first)).await.unwrap();
+    store
+        .insert_requests(std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let mut again = new_request("idem-again");
     again.cid = first.cid.clone();
     again.stream_id = "k-some-other-stream".to_owned();
@@ -76,7 +88,10 @@ pub async fn duplicates_in_one_call(store: &dyn RequestStore) {
     let mut b = new_request("dup-b");
     b.cid = a.cid.clone();
     let c = new_request("dup-c");
-    let outcomes = store.insert_requests(&[a.clone(), b, c.clone()]).await.unwrap();
+    let outcomes = store
+        .insert_requests(&[a.clone(), b, c.clone()])
+        .await
+        .unwrap();
     assert_eq!(outcomes.len(), 3);
     assert!(matches!(&outcomes[0], InsertOutcome::Created(r) if r.id == a.id));
     assert!(matches!(&outcomes[1], InsertOutcome::Existing(r) if r.id == a.id));
@@ -91,7 +106,10 @@ pub async fn missing_request_is_none(store: &dyn RequestStore) {
 /// An anchor row makes a request COMPLETED; a second anchor for it is ignored.
 pub async fn anchors_complete_requests_and_first_wins(store: &dyn RequestStore) {
     let req = new_request("anchor");
-    store.insert_requests(std::slice::from_ref(&req)).await.unwrap();
+    store
+        .insert_requests(std::slice::from_ref(&req))
+        .await
+        .unwrap();
     let anchored_at = now() + Duration::seconds(5);
     let anchor = AnchorRecord {
         request_id: req.id,
@@ -102,8 +120,17 @@ pub async fn anchors_complete_requests_and_first_wins(store: &dyn RequestStore) 
         proof_cid: "bafy-proof-1".to_owned(),
         created_at: anchored_at,
     };
-    assert_eq!(store.insert_anchors(std::slice::from_ref(&anchor)).await.unwrap(), 1);
-    let second = AnchorRecord { commit_cid: "bafy-commit-2".to_owned(), ..anchor.clone() };
+    assert_eq!(
+        store
+            .insert_anchors(std::slice::from_ref(&anchor))
+            .await
+            .unwrap(),
+        1
+    );
+    let second = AnchorRecord {
+        commit_cid: "bafy-commit-2".to_owned(),
+        ..anchor.clone()
+    };
     assert_eq!(store.insert_anchors(&[second]).await.unwrap(), 0);
 
     let got = store.get_request(&req.cid).await.unwrap().unwrap();

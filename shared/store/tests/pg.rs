@@ -3,8 +3,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use cas_store::{
-    GroupCommitConfig, GroupCommitter, InsertOutcome, RequestStore, StoreError, test_support::TestDb,
-    testsuite,
+    GroupCommitConfig, GroupCommitter, InsertOutcome, RequestStore, StoreError,
+    test_support::TestDb, testsuite,
 };
 
 #[tokio::test]
@@ -32,9 +32,15 @@ async fn group_commit_coalesces_concurrent_inserts() {
     let store: Arc<dyn RequestStore> = Arc::new(db.store.clone());
     let committer = GroupCommitter::spawn(
         Arc::clone(&store),
-        GroupCommitConfig { max_batch: 64, workers: 2, queue_capacity: 4096 },
+        GroupCommitConfig {
+            max_batch: 64,
+            workers: 2,
+            queue_capacity: 4096,
+        },
     );
-    let requests: Vec<_> = (0..500).map(|i| testsuite::new_request(&format!("gc{i}"))).collect();
+    let requests: Vec<_> = (0..500)
+        .map(|i| testsuite::new_request(&format!("gc{i}")))
+        .collect();
     let mut tasks = Vec::new();
     for r in requests.clone() {
         let c = committer.clone();
@@ -90,7 +96,11 @@ async fn group_commit_sheds_load_when_its_queue_is_full() {
     // A queue of one with one worker: flooding it must fail fast, not grow memory.
     let committer = GroupCommitter::spawn(
         store,
-        GroupCommitConfig { max_batch: 1, workers: 1, queue_capacity: 1 },
+        GroupCommitConfig {
+            max_batch: 1,
+            workers: 1,
+            queue_capacity: 1,
+        },
     );
     let mut tasks = Vec::new();
     for i in 0..200 {

@@ -1,0 +1,222 @@
+//! Handlers and the router.
+
+use std::net::SocketAddr;
+
+use axum::{
+    Json, Router,
+    body::{Body, to_bytes},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use cas_core::{AnchorRequest, parse_car_request, parse_cid, parse_json_request};
+use cas_store::{InsertOutcome, NewRequest, RequestRecord};
+use tower_http::{
+    cors::{Any, CorsLayer},
+    timeout::TimeoutLayer,
+};
+use uuid::Uuid;
+
+use crate::{ApiError, AppState, Presentation};
+
+const CAR_CONTENT_TYPE: &str = "application/vnd.ipld.car";
+
+pub(crate) fn router(state: AppState) -> Router {
+    let body_limit = state
+        .settings
+        .json_body_limit
+        .max(state.settings.car_body_limit);
+    let timeout = state.settings.request_timeout;
+    Router::new()
+        .route("/api/v0/requests", post(create_request))
+        .route("/api/v0/requests/", get(empty_cid))
+        .route("/api/v0/requests/{cid}", get(get_request))
+        .route(
+            "/api/v0/service-info/supported_chains",
+            get(supported_chains),
+        )
+        .route("/api/v0/healthcheck", get(healthcheck))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods(Any)
+                .allow_headers(Any),
+        )
+        .with_state(state)
+}
+
+/// Which body form a request uses, from its `Content-Type`.
+enum BodyForm {
+    Json,
+    Car,
+}
+
+fn body_form(headers: &HeaderMap) -> Result<BodyForm, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // The reference treats a missing content type as JSON.
+        return Ok(BodyForm::Json);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("content-type header is not valid text".to_owned()))?;
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == CAR_CONTENT_TYPE {
+        Ok(BodyForm::Car)
+    } else if essence == "application/json" || essence.ends_with("+json") {
+        Ok(BodyForm::Json)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "unsupported content type {text:?}: send application/json or {CAR_CONTENT_TYPE}"
+        )))
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("request body exceeds {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(err) => {
+            // Distinguish "too long" from a broken connection.
+            let is_limit = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || err.to_string().contains("length limit");
+            if is_limit {
+                Err(too_large())
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "could not read request body: {err}"
+                )))
+            }
+        }
+    }
+}
+
+/// The origin used for REPLACED: the client address (DID authentication comes later).
+fn origin_of(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+async fn create_request(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let origin = origin_of(&request);
+    let (parts, body) = request.into_parts();
+    let form = body_form(&parts.headers)?;
+    let parsed: AnchorRequest = match form {
+        BodyForm::Car => {
+            let bytes = read_body(body, &parts.headers, state.settings.car_body_limit).await?;
+            parse_car_request(&bytes)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
+        }
+        BodyForm::Json => {
+            let bytes = read_body(body, &parts.headers, state.settings.json_body_limit).await?;
+            parse_json_request(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?
+        }
+    };
+    let new = NewRequest {
+        id: Uuid::now_v7(),
+        cid: parsed.cid.to_string(),
+        stream_id: parsed.stream_id.to_string(),
+        origin,
+        timestamp: parsed.timestamp,
+        created_at: chrono::Utc::now(),
+    };
+    let outcome = state.ingest.submit(new).await?;
+    let (status, record) = match &outcome {
+        InsertOutcome::Created(record) => {
+            tracing::debug!(
+                request.cid = %record.cid,
+                stream.id = %record.stream_id,
+                origin = %record.origin,
+                "anchor request received"
+            );
+            (StatusCode::CREATED, record)
+        }
+        InsertOutcome::Existing(record) => (StatusCode::ACCEPTED, record),
+    };
+    let presentation = present(&state, record).await?;
+    Ok((status, Json(presentation)).into_response())
+}
+
+async fn present(state: &AppState, record: &RequestRecord) -> Result<Presentation, ApiError> {
+    let witness = if record.anchor.is_some() {
+        state
+            .witnesses
+            .witness_car(record)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("witness for {}: {e}", record.cid)))?
+    } else {
+        None
+    };
+    Ok(Presentation::of(record, witness.as_deref()))
+}
+
+async fn empty_cid() -> ApiError {
+    ApiError::BadRequest("CID is empty or malformed".to_owned())
+}
+
+async fn get_request(
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+) -> Result<Response, ApiError> {
+    let cid = parse_cid(&cid)
+        .map_err(|_| ApiError::BadRequest("CID is empty or malformed".to_owned()))?
+        .to_string();
+    let record = state
+        .store
+        .get_request(&cid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Request does not exist for cid {cid}")))?;
+    let presentation = present(&state, &record).await?;
+    Ok((StatusCode::OK, Json(presentation)).into_response())
+}
+
+async fn supported_chains(State(state): State<AppState>) -> Response {
+    match state.chain_id.get() {
+        Some(chain) => Json(serde_json::json!({ "supportedChains": [chain] })).into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn healthcheck(State(state): State<AppState>) -> StatusCode {
+    match tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping()).await {
+        Ok(Ok(())) => StatusCode::OK,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "healthcheck: store unavailable");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Err(_) => {
+            tracing::warn!("healthcheck: store ping timed out");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("Not found".to_owned())
+}
