@@ -1,1 +1,195 @@
-fn main() {}
+//! `loadgen`: drives an anchor service the way Ceramic nodes do and reports what it measured
+//! as one JSON line.
+
+use std::{
+    io::IsTerminal,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use cas_core::StreamId;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// POST new anchor requests and measure acceptance rate and latency.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// Base URL of the service, e.g. http://127.0.0.1:8081.
+    #[arg(long, env = "LOADGEN_URL")]
+    url: String,
+    /// Number of requests to send.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seed for the generated CIDs (a new one each run by default, so every request is new).
+    #[arg(long)]
+    seed: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ingest(args) => ingest(args).await,
+    }
+}
+
+/// A realistic request body: half dag-jose (signed commits), half dag-cbor (time events and
+/// unsigned data) CIDs, over a few hundred streams.
+fn request_body(seed: &str, index: u64) -> Vec<u8> {
+    let digest_source = format!("{seed}-{index}");
+    let cbor = cas_merkle::dag_cbor_cid(digest_source.as_bytes());
+    let cid = if index % 2 == 0 {
+        cbor
+    } else {
+        cas_merkle::Cid::new_v1(cas_merkle::DAG_JOSE, cbor.hash().to_owned())
+    };
+    let stream_init = cas_merkle::dag_cbor_cid(format!("{seed}-stream-{}", index % 512).as_bytes());
+    let stream = StreamId::new(3, stream_init);
+    serde_json::to_vec(&json!({
+        "streamId": stream.to_string(),
+        "cid": cid.to_string(),
+        "timestamp": "2026-11-22T00:00:00.000Z",
+        "jsCeramicVersion": "loadgen",
+    }))
+    .expect("json")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let endpoint = format!("{}/api/v0/requests", args.url.trim_end_matches('/'));
+    let seed = args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("http client")?;
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let done = Arc::clone(&done);
+        let total = args.requests;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let n = done.load(Ordering::Relaxed);
+                eprint!("\ringest {n}/{total} ({:.0}%)", 100.0 * n as f64 / total.max(1) as f64);
+            }
+        })
+    });
+
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency.max(1) {
+        let client = client.clone();
+        let endpoint = endpoint.clone();
+        let seed = seed.clone();
+        let next = Arc::clone(&next);
+        let done = Arc::clone(&done);
+        let total = args.requests;
+        workers.push(tokio::spawn(async move {
+            let mut latencies_ms = Vec::new();
+            let (mut ok, mut failed) = (0u64, 0u64);
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    break;
+                }
+                let body = request_body(&seed, index);
+                let sent = Instant::now();
+                let result = client
+                    .post(&endpoint)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+                match result {
+                    Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 202 => ok += 1,
+                    _ => failed += 1,
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (latencies_ms, ok, failed)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.requests as usize);
+    let (mut ok, mut failed) = (0, 0);
+    for worker in workers {
+        let (l, o, f) = worker.await?;
+        latencies.extend(l);
+        ok += o;
+        failed += f;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let summary = json!({
+        "mode": "ingest",
+        "requests": args.requests,
+        "completed": ok,
+        "verified": 0,
+        "failed": failed,
+        "concurrency": args.concurrency,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "rps": (ok as f64 / seconds).round(),
+        "p50_ms": (percentile(&latencies, 50.0) * 100.0).round() / 100.0,
+        "p99_ms": (percentile(&latencies, 99.0) * 100.0).round() / 100.0,
+        "max_ms": (latencies.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
+    });
+    println!("{summary}");
+    if failed > 0 {
+        anyhow::bail!("{failed} requests failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_valid_requests_and_unique() {
+        let a = cas_core::parse_json_request(&request_body("s", 1)).unwrap();
+        let b = cas_core::parse_json_request(&request_body("s", 2)).unwrap();
+        assert_ne!(a.cid, b.cid);
+        assert_eq!(a.cid.codec(), cas_merkle::DAG_JOSE);
+        assert_eq!(b.cid.codec(), cas_merkle::DAG_CBOR);
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 51.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}

@@ -64,7 +64,8 @@ ensure_postgres_installed() {
     fi
 }
 
-# start_postgres: a new cluster under $SCRATCH/pg; exports DATABASE_URL (database "postgres").
+# start_postgres: a cluster under $SCRATCH/pg (created if missing); exports DATABASE_URL
+# (database "postgres").
 start_postgres() {
     ensure_postgres_installed
     local initdb pg_ctl port dir
@@ -74,8 +75,11 @@ start_postgres() {
     chmod 755 "$SCRATCH"
     if [[ $(id -u) == 0 ]]; then chown postgres "$dir"; fi
     port=$(free_port)
-    _pg "$initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$SCRATCH/initdb.log" 2>&1 \
-        || { cat "$SCRATCH/initdb.log" >&2; return 1; }
+    # An existing cluster (scripts/dev keeps its data) is started as it is.
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+        _pg "$initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$SCRATCH/initdb.log" 2>&1 \
+            || { cat "$SCRATCH/initdb.log" >&2; return 1; }
+    fi
     _pg "$pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${CAS_PG_FSYNC:-off} -c max_connections=300" start \
         >/dev/null || { cat "$dir/server.log" >&2; return 1; }
@@ -86,7 +90,7 @@ start_postgres() {
 
 stop_postgres() {
     if [[ -n "${PG_DATA:-}" && -d "$PG_DATA" ]]; then
-        _pg "$PG_CTL" -D "$PG_DATA" -m immediate -w stop >/dev/null 2>&1 || true
+        _pg "$PG_CTL" -D "$PG_DATA" -m "${CAS_PG_STOP_MODE:-immediate}" -w stop >/dev/null 2>&1 || true
         PG_DATA=""
     fi
 }

@@ -1,4 +1,5 @@
-//! Times `MerkleTree::build` for 2^20 leaves (run with `--release`).
+//! Times `MerkleTree::build` for 2^20 leaves (run with `--release`); prints one JSON line per
+//! figure, as `scripts/bench` expects.
 //!
 //! `cargo run --release -p cas-merkle --example build_bench`
 
@@ -48,9 +49,22 @@ fn main() {
                 .ok(),
         );
     });
-    println!("2^20 leaves (best of 5, includes cloning the leaf Vec):");
-    println!("  sha256 of 2^20 83-byte buffers: {hash_only:?}");
-    println!("  cloning the 2^20 leaves alone:  {clone:?}");
-    println!("  MerkleTree::build:              {seq:?}");
-    println!("  MerkleTree::build_parallel:     {par:?}");
+    let line = |name: &str, value: f64, unit: &str| {
+        println!("{{\"name\":\"{name}\",\"value\":{value:.1},\"unit\":\"{unit}\"}}");
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    line("merkle_2^20_sha256_only", ms(hash_only), "ms");
+    line("merkle_2^20_leaf_clone", ms(clone), "ms");
+    line("merkle_2^20_build_1_core", ms(seq), "ms");
+    line("merkle_2^20_build_all_cores", ms(par), "ms");
+    if let Some(kib) = peak_rss_kib() {
+        line("merkle_2^20_peak_rss", kib as f64 / 1024.0, "MiB");
+    }
+}
+
+/// Peak resident memory of this process (Linux), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
