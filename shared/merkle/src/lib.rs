@@ -27,12 +27,16 @@
 //! # }
 //! ```
 
+mod artifact;
 mod cbor;
 mod cids;
 mod proof;
 mod tree;
 mod witness;
 
+pub use artifact::{
+    ArtifactError, ArtifactIndex, DEFAULT_CHUNK_LEAVES, RangeRead, encode_artifact,
+};
 pub use cid::Cid;
 pub use cids::{
     DAG_CBOR, DAG_JOSE, ETH_TX, IDENTITY, KECCAK_256, RAW, SHA2_256, dag_cbor_cid,

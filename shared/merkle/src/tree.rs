@@ -8,7 +8,7 @@ use crate::cbor::{self, MAX_LINK_BYTES};
 use crate::cids::{CidBytes, dag_cbor_cid_from_digest, sha256};
 
 /// Size of the stack buffer a node is encoded into: array header + two links.
-const NODE_BUF: usize = 1 + 2 * MAX_LINK_BYTES;
+pub(crate) const NODE_BUF: usize = 1 + 2 * MAX_LINK_BYTES;
 
 /// Below this many leaves a subtree is always built on the current thread.
 const PARALLEL_MIN_LEAVES: usize = 4096;
@@ -87,7 +87,7 @@ pub fn sort_leaves(leaves: &mut [Cid]) {
 
 /// One child of an internal node during encoding.
 #[derive(Clone, Copy)]
-enum Child<'a> {
+pub(crate) enum Child<'a> {
     /// A leaf, linked with its own CID bytes.
     Leaf(&'a Cid),
     /// An internal node (always CIDv1 dag-cbor sha2-256), given by digest.
@@ -108,7 +108,11 @@ fn put_child(buf: &mut [u8], pos: usize, child: Child<'_>) -> usize {
 }
 
 /// Encodes `[left, right]` into `buf`, returning the encoded length.
-fn encode_node_into(buf: &mut [u8; NODE_BUF], left: Child<'_>, right: Child<'_>) -> usize {
+pub(crate) fn encode_node_into(
+    buf: &mut [u8; NODE_BUF],
+    left: Child<'_>,
+    right: Child<'_>,
+) -> usize {
     buf[0] = (cbor::MAJOR_ARRAY << 5) | 2;
     let pos = put_child(buf, 1, left);
     put_child(buf, pos, right)
@@ -151,30 +155,30 @@ impl LeafPath {
 /// stored post-order at `nodes[base..base + (hi - lo) - 1]`; the range's own
 /// node is the last of these.
 #[derive(Clone, Copy, Debug)]
-struct Range {
-    lo: usize,
-    hi: usize,
-    base: usize,
+pub(crate) struct Range {
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+    pub(crate) base: usize,
 }
 
 impl Range {
-    fn len(self) -> usize {
+    pub(crate) fn len(self) -> usize {
         self.hi - self.lo
     }
-    fn split(self) -> usize {
+    pub(crate) fn split(self) -> usize {
         self.len() / 2
     }
-    fn own(self) -> usize {
+    pub(crate) fn own(self) -> usize {
         self.base + self.len() - 2
     }
-    fn left(self) -> Self {
+    pub(crate) fn left(self) -> Self {
         Self {
             lo: self.lo,
             hi: self.lo + self.split(),
             base: self.base,
         }
     }
-    fn right(self) -> Self {
+    pub(crate) fn right(self) -> Self {
         let a = self.split();
         Self {
             lo: self.lo + a,
@@ -250,6 +254,12 @@ impl MerkleTree {
     /// The leaves, in tree order.
     pub fn leaves(&self) -> &[Cid] {
         &self.leaves
+    }
+
+    /// Internal node digests in post-order (for one leaf: the `[leaf, null]` root). This is
+    /// the node table of a tree artifact.
+    pub fn node_digests(&self) -> &[[u8; 32]] {
+        &self.nodes
     }
 
     /// Number of leaves (always at least one).
