@@ -27,13 +27,22 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use presentation::Presentation;
 
-/// Where completed requests get their witness CAR from.
+/// A built witness: the anchor commit's CID and the witness CAR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltWitness {
+    /// CID of the anchor commit (`anchorCommit.cid`).
+    pub anchor_commit_cid: String,
+    /// The witness CAR bytes.
+    pub car: Vec<u8>,
+}
+
+/// Where completed requests get their witness from.
 #[async_trait]
 pub trait WitnessSource: Send + Sync + 'static {
-    /// The witness CAR bytes of an anchored request, or `None` if none can be built for it
-    /// (then the answer is COMPLETED without `witnessCar`, as the reference does). An error is
-    /// a temporary failure: the API answers 503 so clients retry.
-    async fn witness_car(&self, record: &RequestRecord) -> Result<Option<Vec<u8>>, String>;
+    /// The witness of an anchored request, or `None` if none can be built for it (then the
+    /// answer is COMPLETED without `witnessCar`, as the reference does). An error is a
+    /// temporary failure: the API answers 503 so clients retry.
+    async fn witness(&self, record: &RequestRecord) -> Result<Option<BuiltWitness>, String>;
 }
 
 /// A witness source that has none (used until a tree artifact store is configured).
@@ -42,7 +51,7 @@ pub struct NoWitnesses;
 
 #[async_trait]
 impl WitnessSource for NoWitnesses {
-    async fn witness_car(&self, _record: &RequestRecord) -> Result<Option<Vec<u8>>, String> {
+    async fn witness(&self, _record: &RequestRecord) -> Result<Option<BuiltWitness>, String> {
         Ok(None)
     }
 }

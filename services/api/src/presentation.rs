@@ -3,6 +3,8 @@
 use cas_store::RequestRecord;
 use serde::Serialize;
 
+use crate::BuiltWitness;
+
 /// The wire form of a request's state. Field names and types are fixed by the clients:
 /// `message` is always a string, times are Unix milliseconds, `anchorCommit` and
 /// `witnessCar` appear only when COMPLETED.
@@ -39,10 +41,12 @@ pub struct AnchorCommitRef {
 }
 
 impl Presentation {
-    /// The presentation of a stored request, with its witness CAR if one was built.
-    pub fn of(record: &RequestRecord, witness_car: Option<&[u8]>) -> Self {
-        let anchor_commit = record.anchor.as_ref().map(|a| AnchorCommitRef {
-            cid: a.commit_cid.clone(),
+    /// The presentation of a stored request, with its witness if one was built. A completed
+    /// request without a witness names its own CID as the anchor commit, as the reference
+    /// does when it has no anchor row.
+    pub fn of(record: &RequestRecord, witness: Option<&BuiltWitness>) -> Self {
+        let anchor_commit = record.anchor.as_ref().map(|_| AnchorCommitRef {
+            cid: witness.map_or_else(|| record.cid.clone(), |w| w.anchor_commit_cid.clone()),
         });
         Self {
             id: record.id.to_string(),
@@ -54,8 +58,8 @@ impl Presentation {
             updated_at: record.effective_updated_at().timestamp_millis(),
             witness_car: anchor_commit
                 .as_ref()
-                .and(witness_car)
-                .map(cas_merkle::encode_base64),
+                .and(witness)
+                .map(|w| cas_merkle::encode_base64(&w.car)),
             anchor_commit,
         }
     }

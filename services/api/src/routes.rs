@@ -167,13 +167,13 @@ async fn present(state: &AppState, record: &RequestRecord) -> Result<Presentatio
     let witness = if record.anchor.is_some() {
         state
             .witnesses
-            .witness_car(record)
+            .witness(record)
             .await
             .map_err(|e| ApiError::Unavailable(format!("witness for {}: {e}", record.cid)))?
     } else {
         None
     };
-    Ok(Presentation::of(record, witness.as_deref()))
+    Ok(Presentation::of(record, witness.as_ref()))
 }
 
 async fn empty_cid() -> ApiError {

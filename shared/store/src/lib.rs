@@ -13,9 +13,14 @@ pub mod test_support;
 pub mod testsuite;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 pub use group_commit::{GroupCommitConfig, GroupCommitter};
-pub use model::{AnchorRecord, InsertOutcome, NewRequest, RequestRecord, messages};
+pub use model::{
+    AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
+    messages,
+};
 pub use pg::{MIGRATOR, PgStore};
 
 /// Errors of the store. None of them is the client's fault: the API answers 5xx.
@@ -27,6 +32,9 @@ pub enum StoreError {
     /// The database answered in an unexpected way.
     #[error("database error: {0}")]
     Internal(String),
+    /// A batch member already belongs to another batch.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The schema is older than this build expects.
     #[error("database schema is not up to date ({0}); run `cas migrate`")]
     NotMigrated(String),
@@ -68,8 +76,48 @@ pub trait RequestStore: Send + Sync + 'static {
     /// The request whose anchored CID has this canonical string, with its anchor if any.
     async fn get_request(&self, cid: &str) -> Result<Option<RequestRecord>, StoreError>;
 
-    /// Record anchors (insert-only; an existing anchor for a request is kept).
-    async fn insert_anchors(&self, anchors: &[AnchorRecord]) -> Result<u64, StoreError>;
+    /// The subset of `ids` that are PENDING and in no batch (what a new batch may take).
+    async fn unbatched_pending(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Record a closed batch and its members, atomically. `Ok(false)` if a batch with this
+    /// id exists already (nothing is changed); [`StoreError::Conflict`] if a member already
+    /// belongs to another batch (nothing is changed).
+    async fn create_batch(&self, batch: &NewBatch) -> Result<bool, StoreError>;
+
+    /// A batch by id.
+    async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError>;
+
+    /// Record that a batch is anchored. `Ok(false)` if it was already anchored (the first
+    /// record is kept).
+    async fn mark_batch_anchored(
+        &self,
+        id: Uuid,
+        anchored: &AnchoredBatch,
+    ) -> Result<bool, StoreError>;
+
+    /// Batches closed before `before` and not anchored yet, oldest first.
+    async fn unanchored_batches(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Mark PENDING requests that are in no batch as REPLACED; returns how many changed.
+    async fn replace_requests(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// PENDING requests in no batch, created in `(after, until]`, oldest first.
+    async fn unbatched_created_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+
+    /// The stored checkpoint of a periodic job.
+    async fn checkpoint(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Store the checkpoint of a periodic job.
+    async fn set_checkpoint(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// A cheap liveness probe.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -29,23 +29,54 @@ pub struct NewRequest {
     pub created_at: DateTime<Utc>,
 }
 
-/// The anchor of one request.
+/// Where and when a request was anchored: its batch and leaf, once the batch is anchored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnchorRecord {
-    /// The anchored request.
-    pub request_id: Uuid,
     /// The batch it was anchored in.
     pub batch_id: Uuid,
     /// The leaf index within the batch's tree.
     pub leaf_index: i32,
-    /// Merkle path, `0/1/...`.
-    pub path: String,
-    /// CID of the anchor commit (time event).
-    pub commit_cid: String,
-    /// CID of the proof block.
-    pub proof_cid: String,
-    /// When the anchor was recorded.
+    /// When the batch was recorded as anchored.
+    pub anchored_at: DateTime<Utc>,
+}
+
+/// A batch as the scheduler closes it: members in leaf order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    /// Batch id.
+    pub id: Uuid,
+    /// Member request ids; position = leaf index.
+    pub members: Vec<Uuid>,
+    /// When the batch was closed.
     pub created_at: DateTime<Utc>,
+}
+
+/// What anchoring a batch produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchoredBatch {
+    /// Merkle root CID.
+    pub root_cid: String,
+    /// Proof block CID.
+    pub proof_cid: String,
+    /// Transaction hash, `0x` + hex.
+    pub tx_hash: String,
+    /// CAIP-2 chain id.
+    pub chain_id: String,
+    /// When it was recorded.
+    pub anchored_at: DateTime<Utc>,
+}
+
+/// A stored batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// Batch id.
+    pub id: Uuid,
+    /// Number of member requests.
+    pub request_count: i32,
+    /// When the batch was closed.
+    pub created_at: DateTime<Utc>,
+    /// The anchor, once anchored.
+    pub anchored: Option<AnchoredBatch>,
 }
 
 /// A stored request in its current state.
@@ -111,7 +142,7 @@ impl RequestRecord {
     /// When the visible state last changed.
     pub fn effective_updated_at(&self) -> DateTime<Utc> {
         match &self.anchor {
-            Some(anchor) => anchor.created_at.max(self.updated_at),
+            Some(anchor) => anchor.anchored_at.max(self.updated_at),
             None => self.updated_at,
         }
     }

@@ -13,16 +13,18 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::{
-    AnchorRecord, InsertOutcome, NewRequest, RequestRecord, RequestStore, StoreError, messages,
+    AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
+    RequestStore, StoreError, messages,
 };
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 const SELECT_REQUEST: &str = "SELECT r.id, r.cid, r.stream_id, r.origin, r.client_ts_ns, r.status, \
-     r.message, r.created_at, r.updated_at, a.batch_id, a.leaf_index, a.path, a.commit_cid, \
-     a.proof_cid, a.created_at AS anchored_at \
-     FROM request r LEFT JOIN anchor a ON a.request_id = r.id";
+     r.message, r.created_at, r.updated_at, m.batch_id, m.leaf_index, b.anchored_at \
+     FROM request r \
+     LEFT JOIN batch_member m ON m.request_id = r.id \
+     LEFT JOIN batch b ON b.id = m.batch_id AND b.anchored_at IS NOT NULL";
 
 /// Requests stored in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -102,15 +104,12 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, StoreError> {
     let stored_status = RequestStatus::from_code(code)
         .ok_or_else(|| StoreError::Internal(format!("unknown status code {code}")))?;
     let id: Uuid = row.try_get("id")?;
-    let anchor = match row.try_get::<Option<Uuid>, _>("batch_id")? {
-        Some(batch_id) => Some(AnchorRecord {
-            request_id: id,
-            batch_id,
+    let anchored_at: Option<DateTime<Utc>> = row.try_get("anchored_at")?;
+    let anchor = match anchored_at {
+        Some(anchored_at) => Some(AnchorRecord {
+            batch_id: row.try_get("batch_id")?,
             leaf_index: row.try_get("leaf_index")?,
-            path: row.try_get("path")?,
-            commit_cid: row.try_get("commit_cid")?,
-            proof_cid: row.try_get("proof_cid")?,
-            created_at: row.try_get("anchored_at")?,
+            anchored_at,
         }),
         None => None,
     };
@@ -231,32 +230,185 @@ impl RequestStore for PgStore {
         row.as_ref().map(record_from_row).transpose()
     }
 
-    async fn insert_anchors(&self, anchors: &[AnchorRecord]) -> Result<u64, StoreError> {
-        if anchors.is_empty() {
+    async fn unbatched_pending(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT r.id FROM request r \
+             WHERE r.id = ANY($1::uuid[]) AND r.status = 0 \
+               AND NOT EXISTS (SELECT 1 FROM batch_member m WHERE m.request_id = r.id)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn create_batch(&self, batch: &NewBatch) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO batch (id, request_count, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(batch.id)
+        .bind(batch.members.len() as i32)
+        .bind(batch.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if created == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // Chunks keep each statement's arrays at a reasonable size for 2^20 members.
+        for (chunk_index, chunk) in batch.members.chunks(65_536).enumerate() {
+            let first_leaf = (chunk_index * 65_536) as i32;
+            let inserted = sqlx::query(
+                "INSERT INTO batch_member (request_id, batch_id, leaf_index) \
+                 SELECT t.id, $2, $3 + t.ord::int - 1 \
+                 FROM UNNEST($1::uuid[]) WITH ORDINALITY AS t(id, ord) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(chunk)
+            .bind(batch.id)
+            .bind(first_leaf)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted != chunk.len() as u64 {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict(format!(
+                    "{} of the members of batch {} already belong to a batch",
+                    chunk.len() as u64 - inserted,
+                    batch.id
+                )));
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, request_count, created_at, root_cid, proof_cid, tx_hash, chain_id, anchored_at \
+             FROM batch WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let anchored = match row.try_get::<Option<DateTime<Utc>>, _>("anchored_at")? {
+            Some(anchored_at) => Some(AnchoredBatch {
+                root_cid: row
+                    .try_get::<Option<String>, _>("root_cid")?
+                    .unwrap_or_default(),
+                proof_cid: row
+                    .try_get::<Option<String>, _>("proof_cid")?
+                    .unwrap_or_default(),
+                tx_hash: row
+                    .try_get::<Option<String>, _>("tx_hash")?
+                    .unwrap_or_default(),
+                chain_id: row
+                    .try_get::<Option<String>, _>("chain_id")?
+                    .unwrap_or_default(),
+                anchored_at,
+            }),
+            None => None,
+        };
+        Ok(Some(BatchRecord {
+            id: row.try_get("id")?,
+            request_count: row.try_get("request_count")?,
+            created_at: row.try_get("created_at")?,
+            anchored,
+        }))
+    }
+
+    async fn mark_batch_anchored(
+        &self,
+        id: Uuid,
+        anchored: &AnchoredBatch,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE batch SET root_cid = $2, proof_cid = $3, tx_hash = $4, chain_id = $5, anchored_at = $6 \
+             WHERE id = $1 AND anchored_at IS NULL",
+        )
+        .bind(id)
+        .bind(&anchored.root_cid)
+        .bind(&anchored.proof_cid)
+        .bind(&anchored.tx_hash)
+        .bind(&anchored.chain_id)
+        .bind(anchored.anchored_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn unanchored_batches(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM batch WHERE anchored_at IS NULL AND created_at < $1 \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn replace_requests(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<u64, StoreError> {
+        if ids.is_empty() {
             return Ok(0);
         }
-        let request_ids: Vec<Uuid> = anchors.iter().map(|a| a.request_id).collect();
-        let batch_ids: Vec<Uuid> = anchors.iter().map(|a| a.batch_id).collect();
-        let leaf_indexes: Vec<i32> = anchors.iter().map(|a| a.leaf_index).collect();
-        let paths: Vec<&str> = anchors.iter().map(|a| a.path.as_str()).collect();
-        let commits: Vec<&str> = anchors.iter().map(|a| a.commit_cid.as_str()).collect();
-        let proofs: Vec<&str> = anchors.iter().map(|a| a.proof_cid.as_str()).collect();
-        let created: Vec<DateTime<Utc>> = anchors.iter().map(|a| a.created_at).collect();
-        let result = sqlx::query(
-            "INSERT INTO anchor (request_id, batch_id, leaf_index, path, commit_cid, proof_cid, created_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) \
-             ON CONFLICT (request_id) DO NOTHING",
+        Ok(sqlx::query(
+            "UPDATE request r SET status = 5, updated_at = $2 \
+             WHERE r.id = ANY($1::uuid[]) AND r.status = 0 \
+               AND NOT EXISTS (SELECT 1 FROM batch_member m WHERE m.request_id = r.id)",
         )
-        .bind(&request_ids)
-        .bind(&batch_ids)
-        .bind(&leaf_indexes)
-        .bind(&paths)
-        .bind(&commits)
-        .bind(&proofs)
-        .bind(&created)
+        .bind(ids)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn unbatched_created_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        let rows = sqlx::query(const_format_select_created_between())
+            .bind(after)
+            .bind(until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT checkpoint FROM job_checkpoint WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn set_checkpoint(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO job_checkpoint (name, checkpoint) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET checkpoint = EXCLUDED.checkpoint",
+        )
+        .bind(name)
+        .bind(at)
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -268,6 +420,16 @@ impl RequestStore for PgStore {
 fn const_format_select_one() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| format!("{SELECT_REQUEST} WHERE r.cid = $1"))
+}
+
+fn const_format_select_created_between() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "{SELECT_REQUEST} WHERE r.created_at > $1 AND r.created_at <= $2 AND r.status = 0 \
+             AND m.request_id IS NULL ORDER BY r.created_at LIMIT $3"
+        )
+    })
 }
 
 fn const_format_select_any() -> &'static str {

@@ -6,7 +6,10 @@ use cas_core::{ClientTimestamp, RequestStatus};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use uuid::Uuid;
 
-use crate::{AnchorRecord, InsertOutcome, NewRequest, RequestStore, messages};
+use crate::{
+    AnchorRecord, AnchoredBatch, InsertOutcome, NewBatch, NewRequest, RequestStore, StoreError,
+    messages,
+};
 
 fn now() -> DateTime<Utc> {
     // Stores keep microseconds.
@@ -31,7 +34,11 @@ pub async fn run_all(store: &dyn RequestStore) {
     insert_is_idempotent(store).await;
     duplicates_in_one_call(store).await;
     missing_request_is_none(store).await;
-    anchors_complete_requests_and_first_wins(store).await;
+    batches_complete_their_members(store).await;
+    a_request_joins_one_batch_only(store).await;
+    replacement_touches_only_unbatched_pending(store).await;
+    unanchored_batches_are_listed(store).await;
+    sweeper_scan_and_checkpoints(store).await;
     store.ping().await.expect("ping");
 }
 
@@ -103,45 +110,228 @@ pub async fn missing_request_is_none(store: &dyn RequestStore) {
     assert_eq!(store.get_request("bafy-never-stored").await.unwrap(), None);
 }
 
-/// An anchor row makes a request COMPLETED; a second anchor for it is ignored.
-pub async fn anchors_complete_requests_and_first_wins(store: &dyn RequestStore) {
-    let req = new_request("anchor");
-    store
-        .insert_requests(std::slice::from_ref(&req))
-        .await
-        .unwrap();
-    let anchored_at = now() + Duration::seconds(5);
-    let anchor = AnchorRecord {
-        request_id: req.id,
-        batch_id: Uuid::now_v7(),
-        leaf_index: 3,
-        path: "0/1".to_owned(),
-        commit_cid: "bafy-commit-1".to_owned(),
-        proof_cid: "bafy-proof-1".to_owned(),
-        created_at: anchored_at,
+async fn insert_all(store: &dyn RequestStore, tag: &str, n: usize) -> Vec<NewRequest> {
+    let requests: Vec<NewRequest> = (0..n).map(|i| new_request(&format!("{tag}{i}"))).collect();
+    store.insert_requests(&requests).await.unwrap();
+    requests
+}
+
+fn anchored_now() -> AnchoredBatch {
+    AnchoredBatch {
+        root_cid: "bafy-root".to_owned(),
+        proof_cid: "bafy-proof".to_owned(),
+        tx_hash: format!("0x{}", "ab".repeat(32)),
+        chain_id: "eip155:1337".to_owned(),
+        anchored_at: now() + Duration::seconds(5),
+    }
+}
+
+/// A batch's members become COMPLETED only once the batch is anchored; the first anchor
+/// record is kept; a batch id is created once.
+pub async fn batches_complete_their_members(store: &dyn RequestStore) {
+    let requests = insert_all(store, "batch", 3).await;
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let mut unbatched = store.unbatched_pending(&ids).await.unwrap();
+    unbatched.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(unbatched, expected);
+
+    let batch = NewBatch {
+        id: Uuid::now_v7(),
+        members: ids.clone(),
+        created_at: now(),
     };
-    assert_eq!(
-        store
-            .insert_anchors(std::slice::from_ref(&anchor))
-            .await
-            .unwrap(),
-        1
+    assert!(store.create_batch(&batch).await.unwrap());
+    assert!(
+        !store.create_batch(&batch).await.unwrap(),
+        "a batch id is created once"
     );
-    let second = AnchorRecord {
-        commit_cid: "bafy-commit-2".to_owned(),
-        ..anchor.clone()
+    assert!(store.unbatched_pending(&ids).await.unwrap().is_empty());
+    let record = store.get_request(&requests[1].cid).await.unwrap().unwrap();
+    assert_eq!(
+        record.status(),
+        RequestStatus::Pending,
+        "batched but not anchored"
+    );
+
+    let stored = store.get_batch(batch.id).await.unwrap().unwrap();
+    assert_eq!(stored.request_count, 3);
+    assert_eq!(stored.anchored, None);
+
+    let anchored = anchored_now();
+    assert!(
+        store
+            .mark_batch_anchored(batch.id, &anchored)
+            .await
+            .unwrap()
+    );
+    let later = AnchoredBatch {
+        tx_hash: "0xother".to_owned(),
+        ..anchored.clone()
     };
-    assert_eq!(store.insert_anchors(&[second]).await.unwrap(), 0);
+    assert!(!store.mark_batch_anchored(batch.id, &later).await.unwrap());
+    assert_eq!(
+        store.get_batch(batch.id).await.unwrap().unwrap().anchored,
+        Some(anchored.clone())
+    );
 
-    let got = store.get_request(&req.cid).await.unwrap().unwrap();
-    assert_eq!(got.status(), RequestStatus::Completed);
-    assert_eq!(got.message(), messages::COMPLETED);
-    assert_eq!(got.anchor.as_ref(), Some(&anchor));
-    assert_eq!(got.effective_updated_at(), anchored_at);
-
+    for (leaf_index, request) in requests.iter().enumerate() {
+        let record = store.get_request(&request.cid).await.unwrap().unwrap();
+        assert_eq!(record.status(), RequestStatus::Completed);
+        assert_eq!(record.message(), messages::COMPLETED);
+        assert_eq!(
+            record.anchor,
+            Some(AnchorRecord {
+                batch_id: batch.id,
+                leaf_index: leaf_index as i32,
+                anchored_at: anchored.anchored_at,
+            })
+        );
+        assert_eq!(record.effective_updated_at(), anchored.anchored_at);
+    }
     // A re-insert of an anchored CID reports it as completed.
-    let mut again = new_request("anchor-again");
-    again.cid = req.cid.clone();
+    let mut again = new_request("batch-again");
+    again.cid = requests[0].cid.clone();
     let outcomes = store.insert_requests(&[again]).await.unwrap();
     assert_eq!(outcomes[0].record().status(), RequestStatus::Completed);
+    assert_eq!(store.get_batch(Uuid::now_v7()).await.unwrap(), None);
+}
+
+/// A request can be in one batch only; a conflicting batch changes nothing.
+pub async fn a_request_joins_one_batch_only(store: &dyn RequestStore) {
+    let requests = insert_all(store, "conflict", 2).await;
+    let first = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[0].id],
+        created_at: now(),
+    };
+    assert!(store.create_batch(&first).await.unwrap());
+    let second = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[1].id, requests[0].id],
+        created_at: now(),
+    };
+    let err = store.create_batch(&second).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(
+        store.get_batch(second.id).await.unwrap(),
+        None,
+        "rolled back"
+    );
+    assert_eq!(
+        store.unbatched_pending(&[requests[1].id]).await.unwrap(),
+        vec![requests[1].id]
+    );
+}
+
+/// Only PENDING requests outside any batch become REPLACED.
+pub async fn replacement_touches_only_unbatched_pending(store: &dyn RequestStore) {
+    let requests = insert_all(store, "replace", 3).await;
+    let batch = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[2].id],
+        created_at: now(),
+    };
+    store.create_batch(&batch).await.unwrap();
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    assert_eq!(store.replace_requests(&ids[..2], now()).await.unwrap(), 2);
+    assert_eq!(
+        store.replace_requests(&ids, now()).await.unwrap(),
+        0,
+        "already replaced or batched"
+    );
+    let replaced = store.get_request(&requests[0].cid).await.unwrap().unwrap();
+    assert_eq!(replaced.status(), RequestStatus::Replaced);
+    assert!(replaced.status().is_terminal());
+    let batched = store.get_request(&requests[2].cid).await.unwrap().unwrap();
+    assert_eq!(batched.status(), RequestStatus::Pending);
+    assert!(store.unbatched_pending(&ids).await.unwrap().is_empty());
+}
+
+/// Unanchored batches are listed by age; anchored ones are not.
+pub async fn unanchored_batches_are_listed(store: &dyn RequestStore) {
+    let requests = insert_all(store, "unanchored", 2).await;
+    let old = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[0].id],
+        created_at: now() - Duration::minutes(30),
+    };
+    let done = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[1].id],
+        created_at: now() - Duration::minutes(40),
+    };
+    store.create_batch(&old).await.unwrap();
+    store.create_batch(&done).await.unwrap();
+    store
+        .mark_batch_anchored(done.id, &anchored_now())
+        .await
+        .unwrap();
+    let listed = store
+        .unanchored_batches(now() - Duration::minutes(10), 100)
+        .await
+        .unwrap();
+    assert!(listed.contains(&old.id));
+    assert!(!listed.contains(&done.id));
+    let recent = store
+        .unanchored_batches(now() - Duration::hours(1), 100)
+        .await
+        .unwrap();
+    assert!(!recent.contains(&old.id));
+}
+
+/// The sweeper's scan: PENDING, unbatched, in the time window, oldest first; checkpoints.
+pub async fn sweeper_scan_and_checkpoints(store: &dyn RequestStore) {
+    let base = now() - Duration::hours(3);
+    let mut requests = Vec::new();
+    for i in 0..4 {
+        let mut r = new_request(&format!("sweep{i}"));
+        r.created_at = base + Duration::minutes(i);
+        requests.push(r);
+    }
+    store.insert_requests(&requests).await.unwrap();
+    let batch = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[1].id],
+        created_at: now(),
+    };
+    store.create_batch(&batch).await.unwrap();
+    store
+        .replace_requests(&[requests[2].id], now())
+        .await
+        .unwrap();
+    let found = store
+        .unbatched_created_between(
+            base - Duration::seconds(1),
+            base + Duration::minutes(10),
+            100,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = found.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![requests[0].id, requests[3].id]);
+    let limited = store
+        .unbatched_created_between(base - Duration::seconds(1), base + Duration::minutes(10), 1)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+    let window = store
+        .unbatched_created_between(base, base + Duration::minutes(10), 100)
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 1, "the lower bound is exclusive");
+
+    let name = format!("job-{}", Uuid::new_v4());
+    assert_eq!(store.checkpoint(&name).await.unwrap(), None);
+    store.set_checkpoint(&name, base).await.unwrap();
+    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(base));
+    store
+        .set_checkpoint(&name, base + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoint(&name).await.unwrap(),
+        Some(base + Duration::minutes(1))
+    );
 }

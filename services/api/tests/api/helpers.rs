@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
-use cas_api::{ApiSettings, AppState, Application, ChainIdCell, NoWitnesses, WitnessSource};
+use cas_api::{
+    ApiSettings, AppState, Application, BuiltWitness, ChainIdCell, NoWitnesses, WitnessSource,
+};
 use cas_merkle::{AnchorProof, MerkleTree};
 use cas_store::{PgStore, RequestRecord, RequestStore, test_support::TestDb};
 use serde_json::{Value, json};
@@ -124,7 +126,7 @@ pub(crate) struct TreeWitnesses {
 
 #[async_trait]
 impl WitnessSource for TreeWitnesses {
-    async fn witness_car(&self, record: &RequestRecord) -> Result<Option<Vec<u8>>, String> {
+    async fn witness(&self, record: &RequestRecord) -> Result<Option<BuiltWitness>, String> {
         let Some(anchor) = &record.anchor else {
             return Ok(None);
         };
@@ -134,7 +136,10 @@ impl WitnessSource for TreeWitnesses {
             .witness_car(anchor.leaf_index as usize, *stream.init_cid(), &self.proof)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Some(witness.car))
+        Ok(Some(BuiltWitness {
+            anchor_commit_cid: witness.anchor_commit_cid.to_string(),
+            car: witness.car,
+        }))
     }
 }
 
@@ -143,7 +148,7 @@ pub(crate) struct BrokenWitnesses;
 
 #[async_trait]
 impl WitnessSource for BrokenWitnesses {
-    async fn witness_car(&self, _record: &RequestRecord) -> Result<Option<Vec<u8>>, String> {
+    async fn witness(&self, _record: &RequestRecord) -> Result<Option<BuiltWitness>, String> {
         Err("artifact store unreachable".to_owned())
     }
 }

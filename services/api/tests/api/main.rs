@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cas_api::ApiSettings;
 use cas_merkle::{AnchorProof, MerkleTree, verify_witness_car};
-use cas_store::{AnchorRecord, RequestStore, test_support::TestDb};
+use cas_store::{AnchoredBatch, NewBatch, RequestStore, test_support::TestDb};
 use helpers::*;
 use serde_json::{Value, json};
 
@@ -317,7 +317,8 @@ async fn completed_requests_carry_a_verifiable_witness() {
         assert_eq!(app.post_json(&request_body(&cid.to_string())).await.0, 201);
     }
     let stream: cas_core::StreamId = STREAM.parse().unwrap();
-    let mut anchors = Vec::new();
+    let mut members = Vec::new();
+    let mut commits = Vec::new();
     for (index, leaf) in leaves.iter().enumerate() {
         let record = db
             .store
@@ -325,28 +326,48 @@ async fn completed_requests_carry_a_verifiable_witness() {
             .await
             .unwrap()
             .unwrap();
-        let commit = witnesses
-            .tree
-            .anchor_commit(index, *stream.init_cid(), proof.cid())
-            .unwrap();
-        anchors.push(AnchorRecord {
-            request_id: record.id,
-            batch_id: uuid::Uuid::now_v7(),
-            leaf_index: index as i32,
-            path: commit.path.clone(),
-            commit_cid: commit.cid().to_string(),
-            proof_cid: proof.cid().to_string(),
-            created_at: chrono::Utc::now(),
-        });
+        members.push(record.id);
+        commits.push(
+            witnesses
+                .tree
+                .anchor_commit(index, *stream.init_cid(), proof.cid())
+                .unwrap(),
+        );
     }
-    db.store.insert_anchors(&anchors).await.unwrap();
+    let batch_id = uuid::Uuid::now_v7();
+    db.store
+        .create_batch(&NewBatch {
+            id: batch_id,
+            members,
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    // Batched but not anchored: still pending.
+    assert_eq!(
+        app.get(&format!("/requests/{}", leaves[0])).await.1["status"],
+        "PENDING"
+    );
+    db.store
+        .mark_batch_anchored(
+            batch_id,
+            &AnchoredBatch {
+                root_cid: witnesses.tree.root().to_string(),
+                proof_cid: proof.cid().to_string(),
+                tx_hash: format!("0x{}", "07".repeat(32)),
+                chain_id: "eip155:1337".to_owned(),
+                anchored_at: chrono::Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
 
-    for (leaf, anchor) in leaves.iter().zip(&anchors) {
+    for (leaf, commit) in leaves.iter().zip(&commits) {
         let (status, body) = app.get(&format!("/requests/{leaf}")).await;
         assert_eq!(status, 200);
         assert_presentation_shape(&body, "COMPLETED");
         assert_eq!(body["message"], "CID successfully anchored.");
-        assert_eq!(body["anchorCommit"]["cid"], anchor.commit_cid.as_str());
+        assert_eq!(body["anchorCommit"]["cid"], commit.cid().to_string());
         let witness = body["witnessCar"].as_str().expect("witnessCar");
         assert!(!witness.contains('='), "base64 without padding");
         assert!(
@@ -356,9 +377,9 @@ async fn completed_requests_carry_a_verifiable_witness() {
         let car = cas_merkle::decode_base64(witness).unwrap();
         let verified = verify_witness_car(&car).await.unwrap();
         assert_eq!(verified.commit.prev, *leaf);
-        assert_eq!(verified.anchor_commit_cid.to_string(), anchor.commit_cid);
+        assert_eq!(verified.anchor_commit_cid, commit.cid());
         assert_eq!(verified.proof.root, witnesses.tree.root());
-        assert_eq!(verified.commit.path, anchor.path);
+        assert_eq!(verified.commit.path, commit.path);
         assert!(body["updatedAt"].as_i64().unwrap() >= body["createdAt"].as_i64().unwrap());
 
         // ceramic-one polls by re-POSTing; the 202 carries the witness too.
@@ -380,16 +401,26 @@ async fn witness_outage_is_a_503_not_a_missing_request() {
     let cid = cid_for("broken-witness").to_string();
     assert_eq!(app.post_json(&request_body(&cid)).await.0, 201);
     let record = db.store.get_request(&cid).await.unwrap().unwrap();
+    let batch_id = uuid::Uuid::now_v7();
     db.store
-        .insert_anchors(&[AnchorRecord {
-            request_id: record.id,
-            batch_id: uuid::Uuid::now_v7(),
-            leaf_index: 0,
-            path: "0".to_owned(),
-            commit_cid: cid_for("commit").to_string(),
-            proof_cid: cid_for("proof").to_string(),
+        .create_batch(&NewBatch {
+            id: batch_id,
+            members: vec![record.id],
             created_at: chrono::Utc::now(),
-        }])
+        })
+        .await
+        .unwrap();
+    db.store
+        .mark_batch_anchored(
+            batch_id,
+            &AnchoredBatch {
+                root_cid: cid_for("root").to_string(),
+                proof_cid: cid_for("proof").to_string(),
+                tx_hash: "0x00".to_owned(),
+                chain_id: "eip155:1337".to_owned(),
+                anchored_at: chrono::Utc::now(),
+            },
+        )
         .await
         .unwrap();
     let (status, body) = app.get(&format!("/requests/{cid}")).await;
