@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
 fn request_body(seed: &str, index: u64) -> Vec<u8> {
     let digest_source = format!("{seed}-{index}");
     let cbor = cas_merkle::dag_cbor_cid(digest_source.as_bytes());
-    let cid = if index % 2 == 0 {
+    let cid = if index.is_multiple_of(2) {
         cbor
     } else {
         cas_merkle::Cid::new_v1(cas_merkle::DAG_JOSE, cbor.hash().to_owned())
@@ -82,7 +82,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let endpoint = format!("{}/api/v0/requests", args.url.trim_end_matches('/'));
-    let seed = args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let seed = args
+        .seed
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(60))
@@ -99,7 +101,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let n = done.load(Ordering::Relaxed);
-                eprint!("\ringest {n}/{total} ({:.0}%)", 100.0 * n as f64 / total.max(1) as f64);
+                eprint!(
+                    "\ringest {n}/{total} ({:.0}%)",
+                    100.0 * n as f64 / total.max(1) as f64
+                );
             }
         })
     });

@@ -1,5 +1,5 @@
 # Shared helpers for scripts/test, scripts/bench and scripts/dev: start throwaway local
-# servers (PostgreSQL, anvil) on free loopback ports, and stop them again.
+# servers (PostgreSQL, anvil, moto for SQS + S3) on free loopback ports, and stop them again.
 #
 # Source this file, set SCRATCH to a private directory, call the start_* functions, and
 # call stop_services on exit.
@@ -7,6 +7,7 @@
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 TOOLS_DIR="${CAS_TOOLS_DIR:-$ROOT/.tools}"
 ANVIL_VERSION="1.7.1"
+MOTO_VERSION="5.2.5"
 _PIDS=()
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -126,6 +127,38 @@ start_anvil() {
     export ETH_RPC_URL="http://127.0.0.1:$port"
     wait_for anvil 30 _rpc_ready "$ETH_RPC_URL"
     log "anvil (chain $chain_id) listening on $ETH_RPC_URL"
+}
+
+# ensure_moto: sets MOTO_BIN, installing moto (S3 + SQS only) into a venv under $TOOLS_DIR if
+# needed.
+ensure_moto() {
+    local venv="$TOOLS_DIR/moto-venv"
+    MOTO_BIN="$venv/bin/moto_server"
+    if [[ -x "$MOTO_BIN" ]]; then return; fi
+    command -v python3 >/dev/null 2>&1 || { echo "python3 is needed to install moto" >&2; return 1; }
+    log "installing moto $MOTO_VERSION from PyPI into $venv"
+    mkdir -p "$TOOLS_DIR"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { echo "python3 -m venv failed (is the venv module installed?)" >&2; return 1; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "moto[s3,sqs]==$MOTO_VERSION" flask flask-cors >"$TOOLS_DIR/moto-install.log" 2>&1 \
+        || { cat "$TOOLS_DIR/moto-install.log" >&2; rm -rf "$venv"; return 1; }
+    [[ -x "$MOTO_BIN" ]] || { echo "moto install did not provide $MOTO_BIN" >&2; return 1; }
+}
+
+# start_moto: an SQS + S3 emulator; exports AWS_ENDPOINT_URL and dummy credentials/region
+# for the AWS SDK.
+start_moto() {
+    local port
+    ensure_moto
+    port=$(free_port)
+    "$MOTO_BIN" -H 127.0.0.1 -p "$port" >"$SCRATCH/moto.log" 2>&1 &
+    _PIDS+=($!)
+    wait_for moto 60 curl -sf -o /dev/null "http://127.0.0.1:$port/moto-api/" \
+        || { cat "$SCRATCH/moto.log" >&2; return 1; }
+    export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+    export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+    log "moto (SQS + S3) listening on $AWS_ENDPOINT_URL"
 }
 
 stop_services() {

@@ -1,9 +1,24 @@
-//! The Ethereum side of the service. For now: learning which chain an RPC endpoint serves,
-//! as CAIP-2 (`eip155:<id>`).
+//! The Ethereum side of the service:
+//!
+//! - [`fetch_chain_id`]: which chain an RPC endpoint serves, as CAIP-2 (`eip155:<id>`);
+//! - [`contract`]: the anchor contract (official address, ABI bindings, bytecode) and
+//!   [`install_contract_for_dev`], which places it on a local anvil chain;
+//! - [`EvmAnchorer`]: sends `anchorDagCbor(root)` transactions and waits for them.
 
 use std::fmt;
 
-use alloy::providers::{Provider, ProviderBuilder};
+use alloy::providers::{Provider, RootProvider};
+
+mod anchorer;
+pub mod contract;
+mod error;
+
+pub use anchorer::{AnchorTx, AnchorerConfig, EvmAnchorer, Fees, SignedAnchorTx, anchor_calldata};
+pub use contract::{
+    ANCHOR_CONTRACT_ADDRESS, CeramicAnchor, Installed, ensure_dev_chain, install_contract_for_dev,
+    is_dev_chain,
+};
+pub use error::ChainError;
 
 /// A CAIP-2 chain id in the `eip155` namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,28 +30,22 @@ impl fmt::Display for ChainId {
     }
 }
 
-/// Errors talking to the chain.
-#[derive(Debug, thiserror::Error)]
-pub enum ChainError {
-    /// The RPC URL is not a valid URL.
-    #[error("invalid ethereum rpc url: {0}")]
-    InvalidUrl(String),
-    /// The RPC endpoint failed or could not be reached.
-    #[error("ethereum rpc request failed: {0}")]
-    Rpc(String),
-}
-
 /// Ask the RPC endpoint for its chain id.
 pub async fn fetch_chain_id(rpc_url: &str) -> Result<ChainId, ChainError> {
-    let url = rpc_url
-        .parse()
-        .map_err(|e| ChainError::InvalidUrl(format!("{e}")))?;
-    let provider = ProviderBuilder::new().connect_http(url);
+    let provider = connect_root(rpc_url)?;
     let id = provider
         .get_chain_id()
         .await
-        .map_err(|e| ChainError::Rpc(e.to_string()))?;
+        .map_err(error::from_transport)?;
     Ok(ChainId(id))
+}
+
+/// A plain HTTP provider (no fillers: nonces, fees and gas are set explicitly).
+pub(crate) fn connect_root(rpc_url: &str) -> Result<RootProvider, ChainError> {
+    let url = rpc_url
+        .parse()
+        .map_err(|e| ChainError::InvalidUrl(format!("{e}")))?;
+    Ok(RootProvider::new_http(url))
 }
 
 #[cfg(test)]
@@ -72,5 +81,128 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1337);
         assert_eq!(fetch_chain_id(&url).await.unwrap(), ChainId(expected));
+    }
+
+    #[test]
+    fn only_local_dev_chains_may_be_modified() {
+        for id in [1337, 31337] {
+            assert!(is_dev_chain(ChainId(id)));
+            assert!(ensure_dev_chain(ChainId(id)).is_ok());
+        }
+        for id in [1, 3, 5, 100, 11155111, 0] {
+            assert!(!is_dev_chain(ChainId(id)));
+            let err = ensure_dev_chain(ChainId(id)).unwrap_err();
+            assert!(matches!(err, ChainError::NotDevChain(c) if c == ChainId(id)));
+            assert!(!err.is_retryable());
+            assert!(err.to_string().contains(&format!("eip155:{id}")), "{err}");
+        }
+    }
+
+    const ARTIFACT: &str = include_str!("../../../contracts/build/CeramicAnchor.json");
+    const SOURCE: &str = include_str!("../../../contracts/CeramicAnchor.sol");
+
+    #[test]
+    fn the_committed_build_has_the_v2_interface() {
+        use alloy::json_abi::JsonAbi;
+        use alloy::primitives::{b256, keccak256};
+
+        let artifact: serde_json::Value = serde_json::from_str(ARTIFACT).unwrap();
+        let abi: JsonAbi = serde_json::from_value(artifact["abi"].clone()).unwrap();
+
+        let anchor = &abi.function("anchorDagCbor").unwrap()[0];
+        assert_eq!(anchor.signature(), "anchorDagCbor(bytes32)");
+        assert_eq!(anchor.selector().0, [0x97, 0xad, 0x09, 0xeb]);
+        let did_anchor = &abi.event("DidAnchor").unwrap()[0];
+        assert_eq!(
+            did_anchor.selector(),
+            b256!("0x37f9254ff1973d24d609016d6bb0aef8e6de91808811a546fad8eaa0e481d9d9")
+        );
+        assert!(did_anchor.inputs[0].indexed && !did_anchor.inputs[1].indexed);
+        for (name, signature) in [
+            ("addCas", "addCas(address)"),
+            ("removeCas", "removeCas(address)"),
+            ("isServiceAllowed", "isServiceAllowed(address)"),
+            ("owner", "owner()"),
+            ("transferOwnership", "transferOwnership(address)"),
+        ] {
+            assert_eq!(abi.function(name).unwrap()[0].signature(), signature);
+        }
+        for name in ["DidAddCas", "DidRemoveCas"] {
+            let event = &abi.event(name).unwrap()[0];
+            assert_eq!(event.signature(), format!("{name}(address)"));
+            assert!(event.inputs[0].indexed);
+        }
+
+        // The generated bindings agree.
+        use alloy::sol_types::{SolCall, SolEvent};
+        assert_eq!(
+            CeramicAnchor::anchorDagCborCall::SELECTOR,
+            anchor.selector().0
+        );
+        assert_eq!(
+            CeramicAnchor::DidAnchor::SIGNATURE_HASH,
+            did_anchor.selector()
+        );
+
+        // Bytecode and compiler settings are recorded.
+        for field in ["bytecode", "deployedBytecode"] {
+            let code = artifact[field].as_str().unwrap();
+            assert!(code.starts_with("0x") && code.len() > 100, "{field}");
+        }
+        assert_eq!(artifact["compiler"]["optimizer"]["enabled"], true);
+        assert_eq!(artifact["compiler"]["optimizer"]["runs"], 200);
+        assert!(
+            artifact["compiler"]["version"]
+                .as_str()
+                .unwrap()
+                .starts_with("0.8.")
+        );
+
+        // A cheap staleness check: the build was made from the committed source.
+        assert_eq!(
+            artifact["sourceKeccak256"].as_str().unwrap(),
+            keccak256(SOURCE.as_bytes()).to_string(),
+            "contracts/build/CeramicAnchor.json is stale: run scripts/build-contract"
+        );
+    }
+
+    #[test]
+    fn anchor_calldata_is_selector_and_digest() {
+        let root = [0xab; 32];
+        let data = anchor_calldata(root);
+        assert_eq!(data.len(), 36);
+        assert_eq!(data[..4], [0x97, 0xad, 0x09, 0xeb]);
+        assert_eq!(data[4..], root);
+    }
+
+    const DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+    #[test]
+    fn the_signing_key_is_not_in_debug_output() {
+        let config = AnchorerConfig::new(
+            "http://127.0.0.1:8545",
+            secrecy::SecretString::from(DEV_KEY),
+        );
+        let debug = format!("{config:?} {config:#?}");
+        assert!(!debug.contains(&DEV_KEY[2..12]), "{debug}");
+        assert!(debug.contains("127.0.0.1:8545"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_key_is_reported_without_echoing_it() {
+        let bad = "0xnot-a-key-but-secret-looking-123";
+        let config = AnchorerConfig::new("http://127.0.0.1:1", secrecy::SecretString::from(bad));
+        let err = EvmAnchorer::connect(config).await.unwrap_err();
+        assert!(matches!(err, ChainError::InvalidKey), "{err}");
+        assert!(!err.to_string().contains("secret-looking"));
+        assert!(!format!("{err:?}").contains("secret-looking"));
+    }
+
+    #[test]
+    fn the_anchorer_can_be_shared_across_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<EvmAnchorer>();
+        let _check = |a: &EvmAnchorer| send(&a.anchor_root([0; 32]));
     }
 }

@@ -7,6 +7,16 @@ use cid::Cid;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Blob key of a batch file.
+pub fn batch_file_key(batch_id: Uuid) -> String {
+    format!("batches/{batch_id}")
+}
+
+/// Blob key of a batch's tree artifact.
+pub fn tree_artifact_key(batch_id: Uuid) -> String {
+    format!("trees/{batch_id}")
+}
+
 /// One accepted request, as published on the ingest multi-queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestEntry {

@@ -1,0 +1,357 @@
+//! The worker (`cas worker`): anchors closed batches.
+//!
+//! For each batch message: load the batch record (an anchored batch is acknowledged and
+//! skipped), read the batch file (the sorted leaves), build the Merkle tree off the async
+//! executor, put the root on chain with `anchorDagCbor(bytes32)`, write the tree artifact
+//! from which the API builds every witness, record the anchor on the batch row (one row,
+//! whatever the batch size), then acknowledge the message. The message's visibility is
+//! extended while the work runs; a failure makes the message visible again after a backoff.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cas_blob::BlobStore;
+use cas_core::pipeline::{BatchMessage, batch_file_key, decode_batch_file, tree_artifact_key};
+use cas_merkle::{AnchorProof, MerkleTree, encode_artifact};
+use cas_queue::{Message, Queue};
+use cas_store::{AnchoredBatch, RequestStore};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Puts a Merkle root on chain.
+#[async_trait]
+pub trait RootAnchorer: Send + Sync + 'static {
+    /// CAIP-2 id of the chain (`eip155:<id>`), written into proofs.
+    fn chain_id(&self) -> String;
+    /// Anchor a root digest (the sha256 of the root node); returns the transaction hash once
+    /// the transaction is confirmed.
+    async fn anchor_root(&self, root_digest: [u8; 32]) -> Result<[u8; 32], AnchorFailure>;
+}
+
+/// A failed anchor attempt.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AnchorFailure {
+    /// What went wrong.
+    pub message: String,
+    /// Whether trying again later may work.
+    pub retryable: bool,
+}
+
+#[async_trait]
+impl RootAnchorer for cas_chain::EvmAnchorer {
+    fn chain_id(&self) -> String {
+        cas_chain::EvmAnchorer::chain_id(self).to_string()
+    }
+
+    async fn anchor_root(&self, root_digest: [u8; 32]) -> Result<[u8; 32], AnchorFailure> {
+        cas_chain::EvmAnchorer::anchor_root(self, root_digest)
+            .await
+            .map(|tx| tx.tx_hash)
+            .map_err(|e| AnchorFailure {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Tuning of the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// How long a received batch message stays hidden; extended while the batch is worked on.
+    pub visibility: Duration,
+    /// Long-poll time of one receive.
+    pub receive_wait: Duration,
+    /// After a failure, how long until the batch message is visible again.
+    pub retry_backoff: Duration,
+    /// Leaves per chunk of the tree artifact.
+    pub chunk_leaves: u32,
+    /// Threads for building a tree (0 = all cores).
+    pub build_threads: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            visibility: Duration::from_secs(10 * 60),
+            receive_wait: Duration::from_secs(5),
+            retry_backoff: Duration::from_secs(30),
+            chunk_leaves: cas_merkle::DEFAULT_CHUNK_LEAVES,
+            build_threads: 0,
+        }
+    }
+}
+
+/// Why a batch could not be anchored.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Trying again later may work (a dependency is down, the chain is slow).
+    #[error("{0}")]
+    Retryable(String),
+    /// The message or batch can never be processed (unknown batch, corrupt file).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What processing one batch message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The batch was anchored now.
+    Anchored {
+        /// Batch id.
+        batch_id: Uuid,
+        /// Number of requests.
+        size: usize,
+        /// Transaction hash, `0x` + hex.
+        tx_hash: String,
+    },
+    /// The batch had been anchored before (a redelivered message); nothing was sent.
+    AlreadyAnchored(Uuid),
+}
+
+/// The worker role.
+pub struct Worker {
+    store: Arc<dyn RequestStore>,
+    batches: Arc<dyn Queue>,
+    blobs: Arc<dyn BlobStore>,
+    anchorer: Arc<dyn RootAnchorer>,
+    config: WorkerConfig,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn retryable(context: &str) -> impl Fn(&dyn std::fmt::Display) -> BatchError + '_ {
+    move |e| BatchError::Retryable(format!("{context}: {e}"))
+}
+
+impl Worker {
+    /// A worker over its boundaries.
+    pub fn new(
+        store: Arc<dyn RequestStore>,
+        batches: Arc<dyn Queue>,
+        blobs: Arc<dyn BlobStore>,
+        anchorer: Arc<dyn RootAnchorer>,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            store,
+            batches,
+            blobs,
+            anchorer,
+            config,
+        }
+    }
+
+    /// Run until `shutdown`. A batch in progress is finished before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(chain.id = %self.anchorer.chain_id(), "worker running");
+        while !shutdown.is_cancelled() {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.batches.receive(1, self.config.visibility, self.config.receive_wait) => r,
+            };
+            match received {
+                Ok(messages) => {
+                    for message in messages {
+                        self.handle(message).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "receiving batch messages failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// Process one delivery of a batch message and acknowledge or release it.
+    pub async fn handle(&self, message: Message) {
+        let keep_hidden = self.keep_hidden(&message);
+        let result = match BatchMessage::parse(&message.body) {
+            Ok(parsed) => self.process_batch(parsed.bid).await,
+            Err(err) => Err(BatchError::Permanent(format!(
+                "unreadable batch message: {err}"
+            ))),
+        };
+        keep_hidden.cancel();
+        match result {
+            Ok(outcome) => {
+                match &outcome {
+                    BatchOutcome::Anchored {
+                        batch_id,
+                        size,
+                        tx_hash,
+                    } => {
+                        tracing::info!(batch.id = %batch_id, batch.size = size, tx.hash = %tx_hash, "batch anchored");
+                    }
+                    BatchOutcome::AlreadyAnchored(id) => {
+                        tracing::info!(batch.id = %id, "batch was already anchored; message dropped");
+                    }
+                }
+                if let Err(err) = self
+                    .batches
+                    .ack(std::slice::from_ref(&message.receipt))
+                    .await
+                {
+                    tracing::warn!(error = %err, "acknowledging a batch message failed; it will be redelivered and skipped");
+                }
+            }
+            Err(BatchError::Permanent(reason)) => {
+                tracing::error!(message.id = %message.id, error = %reason, "dropping a batch message that cannot be processed");
+                let _ = self
+                    .batches
+                    .ack(std::slice::from_ref(&message.receipt))
+                    .await;
+            }
+            Err(BatchError::Retryable(reason)) => {
+                tracing::warn!(
+                    message.id = %message.id,
+                    receive_count = message.receive_count,
+                    error = %reason,
+                    "batch failed, will retry"
+                );
+                let _ = self
+                    .batches
+                    .set_visibility(&message.receipt, self.config.retry_backoff)
+                    .await;
+            }
+        }
+    }
+
+    /// Extend the message's visibility in the background until the returned token is cancelled.
+    fn keep_hidden(&self, message: &Message) -> CancellationToken {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let queue = Arc::clone(&self.batches);
+        let receipt = message.receipt.clone();
+        let visibility = self.config.visibility;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(visibility / 3) => {}
+                }
+                if let Err(err) = queue.set_visibility(&receipt, visibility).await {
+                    tracing::warn!(error = %err, "extending a batch message's visibility failed");
+                }
+            }
+        });
+        token
+    }
+
+    /// Anchor one batch (idempotent: an anchored batch is not anchored again).
+    pub async fn process_batch(&self, batch_id: Uuid) -> Result<BatchOutcome, BatchError> {
+        let started = Instant::now();
+        let batch = self
+            .store
+            .get_batch(batch_id)
+            .await
+            .map_err(|e| retryable("loading the batch")(&e))?
+            .ok_or_else(|| BatchError::Permanent(format!("unknown batch {batch_id}")))?;
+        if batch.anchored.is_some() {
+            return Ok(BatchOutcome::AlreadyAnchored(batch_id));
+        }
+        let file = self
+            .blobs
+            .get(&batch_file_key(batch_id))
+            .await
+            .map_err(|e| retryable("reading the batch file")(&e))?
+            .ok_or_else(|| BatchError::Permanent(format!("batch file of {batch_id} is missing")))?;
+        let (file_id, leaves) = decode_batch_file(&file)
+            .map_err(|e| BatchError::Permanent(format!("batch {batch_id}: {e}")))?;
+        if file_id != batch_id || leaves.len() != batch.request_count as usize {
+            return Err(BatchError::Permanent(format!(
+                "batch file of {batch_id} does not match its record ({} leaves, {} members)",
+                leaves.len(),
+                batch.request_count
+            )));
+        }
+        let size = leaves.len();
+        let threads = self.config.build_threads;
+        let build_started = Instant::now();
+        let tree = tokio::task::spawn_blocking(move || MerkleTree::build_parallel(leaves, threads))
+            .await
+            .map_err(|e| retryable("tree build task")(&e))?
+            .map_err(|e| BatchError::Permanent(format!("batch {batch_id}: {e}")))?;
+        let build_ms = build_started.elapsed().as_millis() as u64;
+
+        let anchor_started = Instant::now();
+        let tx_hash = self
+            .anchorer
+            .anchor_root(tree.root_digest())
+            .await
+            .map_err(|e| {
+                if e.retryable {
+                    BatchError::Retryable(format!("anchoring: {e}"))
+                } else {
+                    BatchError::Permanent(format!("anchoring: {e}"))
+                }
+            })?;
+        let anchor_ms = anchor_started.elapsed().as_millis() as u64;
+
+        let chain_id = self.anchorer.chain_id();
+        let proof = AnchorProof::contract(tree.root(), tx_hash, chain_id.clone());
+        let chunk = self.config.chunk_leaves;
+        let artifact_started = Instant::now();
+        let (artifact, root_cid, proof_cid) = tokio::task::spawn_blocking(move || {
+            let artifact = encode_artifact(&tree, &proof, chunk);
+            (artifact, tree.root().to_string(), proof.cid().to_string())
+        })
+        .await
+        .map_err(|e| retryable("artifact task")(&e))?;
+        self.blobs
+            .put(&tree_artifact_key(batch_id), Bytes::from(artifact))
+            .await
+            .map_err(|e| retryable("writing the tree artifact")(&e))?;
+        let artifact_ms = artifact_started.elapsed().as_millis() as u64;
+
+        let tx_hex = format!("0x{}", hex_lower(&tx_hash));
+        self.store
+            .mark_batch_anchored(
+                batch_id,
+                &AnchoredBatch {
+                    root_cid,
+                    proof_cid,
+                    tx_hash: tx_hex.clone(),
+                    chain_id,
+                    anchored_at: Utc::now(),
+                },
+            )
+            .await
+            .map_err(|e| retryable("recording the anchor")(&e))?;
+        tracing::info!(
+            batch.id = %batch_id,
+            batch.size = size,
+            tree_ms = build_ms,
+            anchor_ms,
+            artifact_ms,
+            total_ms = started.elapsed().as_millis() as u64,
+            "batch timings"
+        );
+        Ok(BatchOutcome::Anchored {
+            batch_id,
+            size,
+            tx_hash: tx_hex,
+        })
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
