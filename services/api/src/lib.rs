@@ -11,7 +11,9 @@
 
 mod error;
 mod presentation;
+mod publisher;
 mod routes;
+mod witness;
 
 use std::{
     net::SocketAddr,
@@ -26,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use presentation::Presentation;
+pub use publisher::{IngestPublisher, PublisherConfig};
+pub use witness::ArtifactWitnesses;
 
 /// A built witness: the anchor commit's CID and the witness CAR.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,7 @@ pub struct AppState {
     pub(crate) witnesses: Arc<dyn WitnessSource>,
     pub(crate) chain_id: ChainIdCell,
     pub(crate) settings: Arc<ApiSettings>,
+    pub(crate) publisher: Option<IngestPublisher>,
 }
 
 impl AppState {
@@ -109,7 +114,14 @@ impl AppState {
             witnesses,
             chain_id,
             settings: Arc::new(settings),
+            publisher: None,
         }
+    }
+
+    /// Publish every newly created request to the ingest queues through `publisher`.
+    pub fn with_publisher(mut self, publisher: IngestPublisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 }
 

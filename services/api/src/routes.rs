@@ -10,7 +10,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use cas_core::{AnchorRequest, parse_car_request, parse_cid, parse_json_request};
+use cas_core::{
+    AnchorRequest, parse_car_request, parse_cid, parse_json_request, pipeline::IngestEntry,
+};
 use cas_store::{InsertOutcome, NewRequest, RequestRecord};
 use tower_http::{
     cors::{Any, CorsLayer},
@@ -149,6 +151,15 @@ async fn create_request(
     let outcome = state.ingest.submit(new).await?;
     let (status, record) = match &outcome {
         InsertOutcome::Created(record) => {
+            if let Some(publisher) = &state.publisher {
+                publisher.publish(IngestEntry {
+                    id: record.id,
+                    cid: record.cid.clone(),
+                    sid: record.stream_id.clone(),
+                    org: record.origin.clone(),
+                    ts: record.timestamp.unix_nanos(),
+                });
+            }
             tracing::debug!(
                 request.cid = %record.cid,
                 stream.id = %record.stream_id,

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
 use cas_api::{
-    ApiSettings, AppState, Application, BuiltWitness, ChainIdCell, NoWitnesses, WitnessSource,
+    ApiSettings, AppState, Application, BuiltWitness, ChainIdCell, IngestPublisher, NoWitnesses,
+    WitnessSource,
 };
 use cas_merkle::{AnchorProof, MerkleTree};
 use cas_store::{PgStore, RequestRecord, RequestStore, test_support::TestDb};
@@ -32,10 +33,32 @@ pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(db.store, Arc::new(NoWitnesses), ApiSettings::default()).await
 }
 
+pub(crate) async fn spawn_app_with_publisher(
+    store: PgStore,
+    publisher: IngestPublisher,
+) -> TestApp {
+    spawn_app_inner(
+        store,
+        Arc::new(NoWitnesses),
+        ApiSettings::default(),
+        Some(publisher),
+    )
+    .await
+}
+
 pub(crate) async fn spawn_app_with(
     store: PgStore,
     witnesses: Arc<dyn WitnessSource>,
     settings: ApiSettings,
+) -> TestApp {
+    spawn_app_inner(store, witnesses, settings, None).await
+}
+
+async fn spawn_app_inner(
+    store: PgStore,
+    witnesses: Arc<dyn WitnessSource>,
+    settings: ApiSettings,
+    publisher: Option<IngestPublisher>,
 ) -> TestApp {
     let chain_id = ChainIdCell::default();
     let state = AppState::new(
@@ -44,6 +67,10 @@ pub(crate) async fn spawn_app_with(
         Arc::clone(&chain_id),
         settings,
     );
+    let state = match publisher {
+        Some(p) => state.with_publisher(p),
+        None => state,
+    };
     let app = Application::bind(SocketAddr::from(([127, 0, 0, 1], 0)), state)
         .await
         .expect("bind");

@@ -2,6 +2,7 @@
 //! database.
 
 mod helpers;
+mod pipeline;
 
 use std::sync::Arc;
 
