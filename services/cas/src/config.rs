@@ -24,6 +24,142 @@ pub(crate) enum Command {
     Api(ApiArgs),
     /// Apply database migrations, then exit.
     Migrate(MigrateArgs),
+    /// Batch accepted requests: consume the ingest queues, close batches, hand them to workers.
+    Scheduler(SchedulerArgs),
+    /// Anchor batches on Ethereum and write the tree artifacts witnesses are built from.
+    Worker(WorkerArgs),
+}
+
+/// Queues and blob storage shared by the roles. AWS credentials, region and endpoint come
+/// from the AWS SDK's own variables (AWS_REGION, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).
+#[derive(Debug, Args)]
+pub(crate) struct PipelineArgs {
+    /// Prefix of the SQS queue names: `<prefix>ingest-0` ... `<prefix>ingest-<N-1>` and
+    /// `<prefix>batch`.
+    #[arg(
+        long = "sqs-queue-prefix",
+        env = "CAS_SQS_QUEUE_PREFIX",
+        default_value = "cas-"
+    )]
+    pub(crate) queue_prefix: String,
+
+    /// Number of ingest queues (requests are spread round-robin; each SQS queue allows about
+    /// 120,000 messages in flight).
+    #[arg(long, env = "CAS_INGEST_QUEUES", default_value_t = 10)]
+    pub(crate) ingest_queues: usize,
+
+    /// Create the queues (with dead-letter queues) if they are missing. For development;
+    /// in production Terraform creates them.
+    #[arg(long, env = "CAS_CREATE_QUEUES", default_value_t = false)]
+    pub(crate) create_queues: bool,
+
+    /// Receives before a message moves to its dead-letter queue (when creating queues).
+    #[arg(long, env = "CAS_QUEUE_MAX_RECEIVES", default_value_t = 5)]
+    pub(crate) max_receives: u32,
+
+    /// S3 bucket for batch files and tree artifacts.
+    #[arg(long, env = "CAS_S3_BUCKET")]
+    pub(crate) s3_bucket: Option<String>,
+
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "CAS_S3_PREFIX", default_value = "cas")]
+    pub(crate) s3_prefix: String,
+
+    /// Create the bucket if it is missing (development).
+    #[arg(long, env = "CAS_CREATE_BUCKET", default_value_t = false)]
+    pub(crate) create_bucket: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerArgs {
+    #[command(flatten)]
+    pub(crate) database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+
+    /// Most requests in one batch (one Merkle tree, one transaction).
+    #[arg(long, env = "CAS_BATCH_MAX", default_value_t = 1 << 20)]
+    pub(crate) batch_max: usize,
+
+    /// Longest a request waits for its batch to close.
+    #[arg(long, env = "CAS_BATCH_LINGER", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) batch_linger: Duration,
+
+    /// Also close batches whenever wall-clock time crosses a multiple of this (e.g. 1h = the
+    /// top of every hour).
+    #[arg(long, env = "CAS_BATCH_FLUSH_INTERVAL", value_parser = parse_duration)]
+    pub(crate) batch_flush_interval: Option<Duration>,
+
+    /// How long received ingest messages stay hidden (extended while they wait).
+    #[arg(long, env = "CAS_INGEST_VISIBILITY", default_value = "15m", value_parser = parse_duration)]
+    pub(crate) ingest_visibility: Duration,
+
+    /// Requests not in a batch after this long are re-published (must exceed the linger).
+    #[arg(long, env = "CAS_SWEEP_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) sweep_age: Duration,
+
+    /// How often the sweeper and the re-dispatch of stale batches run.
+    #[arg(long, env = "CAS_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) sweep_interval: Duration,
+
+    /// Batches recorded but not anchored after this long are announced again.
+    #[arg(long, env = "CAS_REDISPATCH_AFTER", default_value = "30m", value_parser = parse_duration)]
+    pub(crate) redispatch_after: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+
+    /// Ethereum JSON-RPC URL of the chain to anchor on.
+    #[arg(long, env = "ETH_RPC_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) eth_rpc_url: SecretString,
+
+    /// Private key (hex) of the anchoring wallet. Never logged.
+    #[arg(long, env = "CAS_ETH_PRIVATE_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) eth_private_key: Option<SecretString>,
+
+    /// File holding the private key (instead of CAS_ETH_PRIVATE_KEY).
+    #[arg(long, env = "CAS_ETH_PRIVATE_KEY_FILE")]
+    pub(crate) eth_private_key_file: Option<std::path::PathBuf>,
+
+    /// Address of the anchor contract.
+    #[arg(
+        long,
+        env = "CAS_ANCHOR_CONTRACT",
+        default_value = "0x231055A0852D67C7107Ad0d0DFeab60278fE6AdC"
+    )]
+    pub(crate) anchor_contract: String,
+
+    /// Chain id the RPC must serve (checked at start), e.g. 1 for mainnet.
+    #[arg(long, env = "CAS_CHAIN_ID")]
+    pub(crate) chain_id: Option<u64>,
+
+    /// Confirmations to wait for (default: 1 on local chains 1337/31337, 4 elsewhere).
+    #[arg(long, env = "CAS_ETH_CONFIRMATIONS")]
+    pub(crate) eth_confirmations: Option<u64>,
+
+    /// Time limit for one anchor transaction attempt.
+    #[arg(long, env = "CAS_ETH_TX_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub(crate) eth_tx_timeout: Duration,
+
+    /// On a local dev chain (1337/31337) only: place the anchor contract at its address,
+    /// owned by this wallet, if it is not there yet.
+    #[arg(long, env = "CAS_INSTALL_DEV_CONTRACT", default_value_t = false)]
+    pub(crate) install_dev_contract: bool,
+
+    /// How long a batch message stays hidden (extended while the batch is worked on).
+    #[arg(long, env = "CAS_BATCH_VISIBILITY", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) batch_visibility: Duration,
+
+    /// Threads for building Merkle trees (0 = all cores).
+    #[arg(long, env = "CAS_BUILD_THREADS", default_value_t = 0)]
+    pub(crate) build_threads: usize,
 }
 
 /// PostgreSQL connection settings.
@@ -95,6 +231,19 @@ pub(crate) struct ApiArgs {
     /// Requests that may wait for a group commit; beyond this POSTs are shed with 503.
     #[arg(long, env = "CAS_INGEST_QUEUE", default_value_t = 65_536)]
     pub(crate) ingest_queue: usize,
+
+    /// Queues and bucket: with --s3-bucket set, accepted requests are published to the ingest
+    /// queues and completed requests carry witnesses built from the tree artifacts.
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+
+    /// Batch indexes (tree artifact headers, ~75 KB each) kept in memory.
+    #[arg(long, env = "CAS_ARTIFACT_CACHE", default_value_t = 64)]
+    pub(crate) artifact_cache: usize,
+
+    /// Built witnesses (~3 KB each) kept in memory.
+    #[arg(long, env = "CAS_WITNESS_CACHE", default_value_t = 20_000)]
+    pub(crate) witness_cache: usize,
 }
 
 fn parse_secret(text: &str) -> Result<SecretString, String> {

@@ -1,16 +1,13 @@
 //! The `cas` binary as operators run it: real processes against PostgreSQL and anvil.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::process::Command;
 
 use cas_store::test_support::TestDb;
+use common::{CAS, Running};
 use serde_json::{Value, json};
 
-const CAS: &str = env!("CARGO_BIN_EXE_cas");
 const STREAM: &str = "k2t6wzu5p07hecvne3jkdt9vaxy17igipxf62k4acmp5b3h5m3fu5rnuenwc1b";
 const CID: &str = "bafyreia776z4jdg5zgycivcpr3q6lcu6llfowkrljkmq3bex2k5hkzat54";
 
@@ -25,96 +22,6 @@ fn with_password(url: &str, password: &str) -> String {
         &format!("postgres://postgres:{password}@"),
         1,
     )
-}
-
-/// A running `cas` process whose JSON log lines are collected.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(CAS);
-        command
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env("CAS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn cas");
-        let (tx, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Wait for a log line whose message is `message`; return it parsed.
-    fn wait_for(&mut self, message: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line.clone());
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && value["message"] == message
-                {
-                    return value;
-                }
-            }
-        }
-        panic!("no {message:?} log line; saw:\n{}", self.seen.join("\n"));
-    }
-
-    /// Wait for exit and collect the remaining output.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                while let Ok(line) = self.lines.try_recv() {
-                    self.seen.push(line);
-                }
-                return status;
-            }
-            assert!(Instant::now() < deadline, "cas did not exit");
-            while let Ok(line) = self.lines.try_recv() {
-                self.seen.push(line);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
 }
 
 #[test]

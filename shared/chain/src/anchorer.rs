@@ -443,3 +443,9 @@ fn parse_key(key: &SecretString) -> Result<PrivateKeySigner, ChainError> {
         .parse::<PrivateKeySigner>()
         .map_err(|_| ChainError::InvalidKey)
 }
+
+/// The address of the wallet a signing key controls (for logs and for making that wallet the
+/// owner of a dev contract). Fails on a malformed key without echoing it.
+pub fn wallet_address(signing_key: &SecretString) -> Result<Address, ChainError> {
+    parse_key(signing_key).map(|signer| signer.address())
+}

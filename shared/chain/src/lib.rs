@@ -11,9 +11,13 @@ use alloy::providers::{Provider, RootProvider};
 
 mod anchorer;
 pub mod contract;
+pub mod dev;
 mod error;
 
-pub use anchorer::{AnchorTx, AnchorerConfig, EvmAnchorer, Fees, SignedAnchorTx, anchor_calldata};
+pub use alloy::primitives::Address;
+pub use anchorer::{
+    AnchorTx, AnchorerConfig, EvmAnchorer, Fees, SignedAnchorTx, anchor_calldata, wallet_address,
+};
 pub use contract::{
     ANCHOR_CONTRACT_ADDRESS, CeramicAnchor, Installed, ensure_dev_chain, install_contract_for_dev,
     is_dev_chain,
