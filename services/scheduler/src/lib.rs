@@ -401,12 +401,27 @@ impl Scheduler {
             None => until - chrono::Duration::hours(48),
         };
         let mut total = 0;
+        let mut limit = LIMIT;
         loop {
-            let stranded = self
+            let mut stranded = self
                 .store
-                .unbatched_created_between(after, until, LIMIT)
+                .unbatched_created_between(after, until, limit)
                 .await?;
-            let full = stranded.len() as i64 == LIMIT;
+            let full = stranded.len() as i64 == limit;
+            if full {
+                // The next page starts strictly after the last `created_at` of this one, so
+                // rows sharing that timestamp beyond this page would be skipped: hold them
+                // back and read them whole with the next page. If the whole page shares one
+                // timestamp, read a bigger page instead.
+                let last_at = stranded[stranded.len() - 1].created_at;
+                let keep = stranded.partition_point(|r| r.created_at < last_at);
+                if keep == 0 {
+                    limit = limit.saturating_mul(2);
+                    continue;
+                }
+                stranded.truncate(keep);
+                limit = LIMIT;
+            }
             if !stranded.is_empty() {
                 let entries: Vec<IngestEntry> = stranded
                     .iter()

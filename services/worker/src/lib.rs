@@ -189,7 +189,7 @@ impl Worker {
                 "unreadable batch message: {err}"
             ))),
         };
-        keep_hidden.cancel();
+        keep_hidden.stop().await;
         match result {
             Ok(outcome) => {
                 match &outcome {
@@ -234,14 +234,14 @@ impl Worker {
         }
     }
 
-    /// Extend the message's visibility in the background until the returned token is cancelled.
-    fn keep_hidden(&self, message: &Message) -> CancellationToken {
+    /// Extend the message's visibility in the background until the returned guard is stopped.
+    fn keep_hidden(&self, message: &Message) -> KeepHidden {
         let token = CancellationToken::new();
         let stop = token.clone();
         let queue = Arc::clone(&self.batches);
         let receipt = message.receipt.clone();
         let visibility = self.config.visibility;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -252,7 +252,7 @@ impl Worker {
                 }
             }
         });
-        token
+        KeepHidden { token, task }
     }
 
     /// Anchor one batch (idempotent: an anchored batch is not anchored again).
@@ -349,6 +349,22 @@ impl Worker {
             size,
             tx_hash: tx_hex,
         })
+    }
+}
+
+/// The background visibility extension of one message.
+struct KeepHidden {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeepHidden {
+    /// Stop extending, and wait for an extension already under way to land. Otherwise that
+    /// extension could reach the queue after the caller's own `set_visibility` and replace the
+    /// retry backoff with the full visibility timeout.
+    async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
     }
 }
 
