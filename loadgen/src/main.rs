@@ -13,6 +13,8 @@ use std::{
 use anyhow::Context;
 use cas_core::StreamId;
 use clap::{Args, Parser, Subcommand};
+
+mod e2e;
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -26,6 +28,36 @@ struct Cli {
 enum Command {
     /// POST new anchor requests and measure acceptance rate and latency.
     Ingest(IngestArgs),
+    /// POST requests, wait until all are terminal, verify every witness (and, with an RPC,
+    /// that each transaction carries its proof root), and report the time to anchor.
+    E2e(E2eArgs),
+    /// POST requests, then GET their status repeatedly (as polling nodes do) and measure
+    /// the status read rate and latency.
+    Poll(PollArgs),
+}
+
+#[derive(Debug, Args)]
+struct PollArgs {
+    #[command(flatten)]
+    ingest: IngestArgs,
+    /// GETs to send in total (spread over the posted requests).
+    #[arg(long, default_value_t = 100_000)]
+    gets: u64,
+}
+
+#[derive(Debug, Args)]
+struct E2eArgs {
+    #[command(flatten)]
+    ingest: IngestArgs,
+    /// Ethereum JSON-RPC URL: also check each anchor transaction on chain.
+    #[arg(long, env = "ETH_RPC_URL")]
+    eth_rpc_url: Option<String>,
+    /// Pause between polling rounds.
+    #[arg(long, default_value_t = 1000)]
+    poll_interval_ms: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_s: u64,
 }
 
 #[derive(Debug, Args)]
@@ -47,12 +79,22 @@ struct IngestArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Ingest(args) => ingest(args).await,
+        Command::Ingest(args) => {
+            let report = ingest(&args).await?;
+            println!("{}", report.summary);
+            if report.failed > 0 {
+                anyhow::bail!("{} requests failed", report.failed);
+            }
+            Ok(())
+        }
+        Command::E2e(args) => e2e::run(args).await,
+        Command::Poll(args) => e2e::poll(args).await,
     }
 }
 
 /// A realistic request body: half dag-jose (signed commits), half dag-cbor (time events and
-/// unsigned data) CIDs, over a few hundred streams.
+/// unsigned data) CIDs, each for its own stream (requests for one stream from one origin
+/// replace each other, so shared streams would not all be anchored).
 fn request_body(seed: &str, index: u64) -> Vec<u8> {
     let digest_source = format!("{seed}-{index}");
     let cbor = cas_merkle::dag_cbor_cid(digest_source.as_bytes());
@@ -61,7 +103,7 @@ fn request_body(seed: &str, index: u64) -> Vec<u8> {
     } else {
         cas_merkle::Cid::new_v1(cas_merkle::DAG_JOSE, cbor.hash().to_owned())
     };
-    let stream_init = cas_merkle::dag_cbor_cid(format!("{seed}-stream-{}", index % 512).as_bytes());
+    let stream_init = cas_merkle::dag_cbor_cid(format!("{seed}-stream-{index}").as_bytes());
     let stream = StreamId::new(3, stream_init);
     serde_json::to_vec(&json!({
         "streamId": stream.to_string(),
@@ -80,10 +122,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+/// What an ingest run did.
+struct IngestReport {
+    summary: serde_json::Value,
+    failed: u64,
+    cids: Vec<String>,
+}
+
+async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     let endpoint = format!("{}/api/v0/requests", args.url.trim_end_matches('/'));
     let seed = args
         .seed
+        .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -170,11 +220,18 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "p99_ms": (percentile(&latencies, 99.0) * 100.0).round() / 100.0,
         "max_ms": (latencies.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
     });
-    println!("{summary}");
-    if failed > 0 {
-        anyhow::bail!("{failed} requests failed");
-    }
-    Ok(())
+    let cids = (0..args.requests)
+        .map(|i| {
+            let body: serde_json::Value =
+                serde_json::from_slice(&request_body(&seed, i)).expect("json");
+            body["cid"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    Ok(IngestReport {
+        summary,
+        failed,
+        cids,
+    })
 }
 
 #[cfg(test)]

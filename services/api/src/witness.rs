@@ -8,6 +8,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use cas_blob::BlobStore;
 use cas_core::{StreamId, pipeline::tree_artifact_key};
 use cas_merkle::{ArtifactError, ArtifactIndex, Cid, RangeRead};
@@ -52,16 +53,35 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     }
 }
 
-/// One artifact object, read with ranged GETs.
+type RangeKey = (String, u64, u64);
+
+/// Ranged reads kept per cached batch index: about 35 KB each, so 16 chunks per batch.
+const RANGES_PER_INDEX: usize = 32;
+
+/// One artifact object, read with ranged GETs. Reads go through a cache: the witnesses of
+/// all leaves of one chunk (1024 leaves by default) read the same two ranges, and nodes
+/// poll for them at about the same time, right after their batch is anchored.
 struct BlobRange<'a> {
     blobs: &'a dyn BlobStore,
     key: String,
+    cache: &'a Mutex<BoundedCache<RangeKey, Bytes>>,
 }
 
 impl RangeRead for BlobRange<'_> {
     async fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, ArtifactError> {
+        let cache_key = (self.key.clone(), range.start, range.end);
+        if let Ok(cache) = self.cache.lock()
+            && let Some(hit) = cache.get(&cache_key)
+        {
+            return Ok(hit.to_vec());
+        }
         match self.blobs.get_range(&self.key, range).await {
-            Ok(Some(bytes)) => Ok(bytes.to_vec()),
+            Ok(Some(bytes)) => {
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.insert(cache_key, bytes.clone());
+                }
+                Ok(bytes.to_vec())
+            }
             Ok(None) => Err(ArtifactError::Read(format!(
                 "tree artifact {} is missing",
                 self.key
@@ -76,6 +96,7 @@ impl RangeRead for BlobRange<'_> {
 pub struct ArtifactWitnesses {
     blobs: Arc<dyn BlobStore>,
     indexes: Mutex<BoundedCache<Uuid, Arc<ArtifactIndex>>>,
+    ranges: Mutex<BoundedCache<RangeKey, Bytes>>,
     witnesses: Mutex<BoundedCache<String, BuiltWitness>>,
 }
 
@@ -87,12 +108,13 @@ impl std::fmt::Debug for ArtifactWitnesses {
 
 impl ArtifactWitnesses {
     /// A source reading artifacts from `blobs`, caching up to `index_capacity` batch indexes
-    /// (about 75 KB each for 2^20-leaf batches) and `witness_capacity` witnesses (about 3 KB
-    /// each).
+    /// (about 75 KB each for 2^20-leaf batches) with 32 chunk reads each (about 35 KB each),
+    /// and `witness_capacity` witnesses (about 3 KB each).
     pub fn new(blobs: Arc<dyn BlobStore>, index_capacity: usize, witness_capacity: usize) -> Self {
         Self {
             blobs,
             indexes: Mutex::new(BoundedCache::new(index_capacity)),
+            ranges: Mutex::new(BoundedCache::new(index_capacity * RANGES_PER_INDEX)),
             witnesses: Mutex::new(BoundedCache::new(witness_capacity)),
         }
     }
@@ -109,6 +131,7 @@ impl ArtifactWitnesses {
         let source = BlobRange {
             blobs: self.blobs.as_ref(),
             key: tree_artifact_key(batch_id),
+            cache: &self.ranges,
         };
         let index = Arc::new(
             ArtifactIndex::load(&source)
@@ -147,6 +170,7 @@ impl WitnessSource for ArtifactWitnesses {
         let source = BlobRange {
             blobs: self.blobs.as_ref(),
             key: tree_artifact_key(anchor.batch_id),
+            cache: &self.ranges,
         };
         let witness = index
             .witness(
