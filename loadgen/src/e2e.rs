@@ -14,6 +14,9 @@ use crate::{E2eArgs, PollArgs, ingest, percentile};
 
 const ANCHOR_CONTRACT: &str = "0x231055a0852d67c7107ad0d0dfeab60278fe6adc";
 
+/// A terminal status and, for COMPLETED, the verification result.
+type Outcome = (String, Result<Checked, String>);
+
 /// The outcome of verifying one completed request.
 struct Checked {
     tx_hash: String,
@@ -110,8 +113,7 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let mut waiting: Vec<String> = report.cids.clone();
     // Each terminal answer is checked as it arrives and only the outcome is kept, so memory
     // stays small even for 2^20 requests.
-    let mut outcomes: HashMap<String, (String, Result<Checked, String>)> =
-        HashMap::with_capacity(waiting.len());
+    let mut outcomes: HashMap<String, Outcome> = HashMap::with_capacity(waiting.len());
     let mut polls = 0u64;
     while !waiting.is_empty() {
         anyhow::ensure!(
@@ -123,30 +125,29 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<()> {
         );
         let client_ref = &client;
         let base_ref = &base;
-        let answers: Vec<(String, Option<(String, Result<Checked, String>)>)> =
-            stream::iter(waiting.iter().cloned())
-                .map(|cid| async move {
-                    let answer = match client_ref.get(format!("{base_ref}/{cid}")).send().await {
-                        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+        let answers: Vec<(String, Option<Outcome>)> = stream::iter(waiting.iter().cloned())
+            .map(|cid| async move {
+                let answer = match client_ref.get(format!("{base_ref}/{cid}")).send().await {
+                    Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                    _ => None,
+                };
+                let outcome = match answer {
+                    Some(body) => match body["status"].as_str() {
+                        Some("COMPLETED") => {
+                            Some(("COMPLETED".to_owned(), verify(&cid, &body).await))
+                        }
+                        Some(other @ ("FAILED" | "REPLACED")) => {
+                            Some((other.to_owned(), Err(format!("status {other}"))))
+                        }
                         _ => None,
-                    };
-                    let outcome = match answer {
-                        Some(body) => match body["status"].as_str() {
-                            Some("COMPLETED") => {
-                                Some(("COMPLETED".to_owned(), verify(&cid, &body).await))
-                            }
-                            Some(other @ ("FAILED" | "REPLACED")) => {
-                                Some((other.to_owned(), Err(format!("status {other}"))))
-                            }
-                            _ => None,
-                        },
-                        None => None,
-                    };
-                    (cid, outcome)
-                })
-                .buffer_unordered(args.ingest.concurrency.max(1))
-                .collect()
-                .await;
+                    },
+                    None => None,
+                };
+                (cid, outcome)
+            })
+            .buffer_unordered(args.ingest.concurrency.max(1))
+            .collect()
+            .await;
         polls += answers.len() as u64;
         let mut still = Vec::new();
         for (cid, outcome) in answers {

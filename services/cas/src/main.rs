@@ -44,6 +44,16 @@ fn connect(database: &DatabaseArgs) -> anyhow::Result<PgStore> {
     .context("failed to configure the database pool")
 }
 
+/// Connect and refuse a database whose schema is behind this build.
+async fn connect_migrated(database: &DatabaseArgs) -> anyhow::Result<PgStore> {
+    let store = connect(database)?;
+    store
+        .check_migrated()
+        .await
+        .context("the database is not ready")?;
+    Ok(store)
+}
+
 async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let store = connect(&args.database)?;
     store
@@ -56,11 +66,7 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let shutdown = cas_telemetry::shutdown_token();
-    let store = connect(&args.database)?;
-    store
-        .check_migrated()
-        .await
-        .context("the database is not ready")?;
+    let store = connect_migrated(&args.database).await?;
 
     let chain_id = ChainIdCell::default();
     match &args.eth_rpc_url {
@@ -139,11 +145,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 
 async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let shutdown = cas_telemetry::shutdown_token();
-    let store = connect(&args.database)?;
-    store
-        .check_migrated()
-        .await
-        .context("the database is not ready")?;
+    let store = connect_migrated(&args.database).await?;
     let pipeline = Pipeline::require(&args.pipeline).await?;
     let config = cas_scheduler::SchedulerConfig {
         batch_max: args.batch_max,
@@ -167,11 +169,7 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = cas_telemetry::shutdown_token();
-    let store = connect(&args.database)?;
-    store
-        .check_migrated()
-        .await
-        .context("the database is not ready")?;
+    let store = connect_migrated(&args.database).await?;
     let pipeline = Pipeline::require(&args.pipeline).await?;
 
     let key = match (&args.eth_private_key, &args.eth_private_key_file) {

@@ -27,17 +27,9 @@ pub struct TestDb {
 impl TestDb {
     /// Create and migrate a new database with a unique name.
     pub async fn new() -> Result<Self, StoreError> {
-        let admin = admin_url();
-        let name = format!("cas_test_{}", Uuid::new_v4().simple());
-        let admin_store = PgStore::connect_lazy(&admin, 1, Duration::from_secs(10))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(admin_store.pool())
-            .await?;
-        admin_store.pool().close().await;
-        let url = replace_database(&admin, &name);
-        let store = PgStore::connect_lazy(&url, 16, Duration::from_secs(10))?;
-        store.migrate().await?;
-        Ok(Self { url, store })
+        let db = Self::unmigrated().await?;
+        db.store.migrate().await?;
+        Ok(db)
     }
 
     /// Create a database without applying migrations.
@@ -50,7 +42,7 @@ impl TestDb {
             .await?;
         admin_store.pool().close().await;
         let url = replace_database(&admin, &name);
-        let store = PgStore::connect_lazy(&url, 4, Duration::from_secs(10))?;
+        let store = PgStore::connect_lazy(&url, 16, Duration::from_secs(10))?;
         Ok(Self { url, store })
     }
 }
