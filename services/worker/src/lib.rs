@@ -267,6 +267,29 @@ impl Worker {
         if batch.anchored.is_some() {
             return Ok(BatchOutcome::AlreadyAnchored(batch_id));
         }
+        // One worker at a time per batch, across processes: a re-announced or duplicated
+        // batch message must not produce a second transaction while the first is under way.
+        // The lock is held until this function returns, after the anchor is recorded.
+        let _lock = self
+            .store
+            .try_lock_batch(batch_id)
+            .await
+            .map_err(|e| retryable("locking the batch")(&e))?
+            .ok_or_else(|| {
+                BatchError::Retryable(format!(
+                    "batch {batch_id} is being anchored by another worker"
+                ))
+            })?;
+        // Whoever held the lock before may have finished the batch.
+        let anchored_meanwhile = self
+            .store
+            .get_batch(batch_id)
+            .await
+            .map_err(|e| retryable("loading the batch")(&e))?
+            .is_some_and(|b| b.anchored.is_some());
+        if anchored_meanwhile {
+            return Ok(BatchOutcome::AlreadyAnchored(batch_id));
+        }
         let file = self
             .blobs
             .get(&batch_file_key(batch_id))

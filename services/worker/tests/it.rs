@@ -482,6 +482,49 @@ async fn a_redelivered_batch_message_sends_no_second_transaction() {
     check_anchored(&rig, batch_id, &members, &tx_hash, &[0, 4]).await;
 }
 
+#[tokio::test]
+async fn two_workers_on_one_batch_send_one_transaction() {
+    let rig = Rig::new().await;
+    let (batch_id, members) = closed_batch(&rig.store, rig.blobs.as_ref(), 9).await;
+    let wallet = rig.anchorer.wallet();
+    let nonce = tx_count(wallet).await;
+    // The same batch reaches two workers at once (a re-announced or duplicated message).
+    let (first, second) = (rig.worker(), rig.worker());
+    let (a, b) = tokio::join!(
+        first.process_batch(batch_id),
+        second.process_batch(batch_id)
+    );
+    let outcomes = [a, b];
+    let anchored: Vec<&BatchOutcome> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok())
+        .filter(|o| matches!(o, BatchOutcome::Anchored { .. }))
+        .collect();
+    assert_eq!(
+        anchored.len(),
+        1,
+        "exactly one worker anchors: {outcomes:?}"
+    );
+    for outcome in &outcomes {
+        match outcome {
+            Ok(BatchOutcome::Anchored { .. } | BatchOutcome::AlreadyAnchored(_)) => {}
+            Err(BatchError::Retryable(reason)) => {
+                assert!(reason.contains("another worker"), "{reason}");
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(
+        tx_count(wallet).await,
+        nonce + 1,
+        "one transaction for the batch"
+    );
+    let BatchOutcome::Anchored { tx_hash, .. } = anchored[0] else {
+        unreachable!()
+    };
+    check_anchored(&rig, batch_id, &members, tx_hash, &[0, 8]).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 11. run() and handle(): bad messages are dropped, retryable failures retried
 // ---------------------------------------------------------------------------------------

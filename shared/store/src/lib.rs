@@ -59,6 +59,26 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// An exclusive lock on one batch; released when dropped.
+pub struct BatchLock {
+    _held: Box<dyn std::any::Any + Send>,
+}
+
+impl BatchLock {
+    /// Wrap whatever keeps the lock held (a transaction, a mutex guard).
+    pub fn new(held: impl std::any::Any + Send) -> Self {
+        Self {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl std::fmt::Debug for BatchLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchLock")
+    }
+}
+
 /// Durable storage of anchor requests.
 ///
 /// Contract: `insert_requests` is idempotent on the request CID. For every input it returns,
@@ -118,6 +138,11 @@ pub trait RequestStore: Send + Sync + 'static {
 
     /// Store the checkpoint of a periodic job.
     async fn set_checkpoint(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Take the exclusive processing lock of a batch, if no one holds it. The lock is held
+    /// until the returned guard is dropped (or its holder's connection dies), across every
+    /// process sharing the database. `Ok(None)`: someone else holds it.
+    async fn try_lock_batch(&self, id: Uuid) -> Result<Option<BatchLock>, StoreError>;
 
     /// A cheap liveness probe.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -13,8 +13,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::{
-    AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
-    RequestStore, StoreError, messages,
+    AnchorRecord, AnchoredBatch, BatchLock, BatchRecord, InsertOutcome, NewBatch, NewRequest,
+    RequestRecord, RequestStore, StoreError, messages,
 };
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -409,6 +409,25 @@ impl RequestStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn try_lock_batch(&self, id: Uuid) -> Result<Option<BatchLock>, StoreError> {
+        // A transaction-scoped advisory lock: it is released when the transaction ends,
+        // which happens when the guard (holding the open transaction) is dropped, or when the
+        // connection dies with its process.
+        let mut tx = self.pool.begin().await?;
+        let (hi, lo) = id.as_u64_pair();
+        let key = (hi ^ lo) as i64;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        if locked {
+            Ok(Some(BatchLock::new(tx)))
+        } else {
+            tx.rollback().await?;
+            Ok(None)
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -39,6 +39,7 @@ pub async fn run_all(store: &dyn RequestStore) {
     replacement_touches_only_unbatched_pending(store).await;
     unanchored_batches_are_listed(store).await;
     sweeper_scan_and_checkpoints(store).await;
+    batch_locks_are_exclusive(store).await;
     store.ping().await.expect("ping");
 }
 
@@ -334,4 +335,32 @@ pub async fn sweeper_scan_and_checkpoints(store: &dyn RequestStore) {
         store.checkpoint(&name).await.unwrap(),
         Some(base + Duration::minutes(1))
     );
+}
+
+/// A batch lock is exclusive while held and free again once dropped; locks of different
+/// batches are independent.
+pub async fn batch_locks_are_exclusive(store: &dyn RequestStore) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let held = store.try_lock_batch(a).await.unwrap().expect("free lock");
+    assert!(
+        store.try_lock_batch(a).await.unwrap().is_none(),
+        "held elsewhere"
+    );
+    let other = store
+        .try_lock_batch(b)
+        .await
+        .unwrap()
+        .expect("another batch's lock");
+    drop(held);
+    // Dropping rolls back asynchronously on its connection; the lock frees promptly.
+    let mut again = None;
+    for _ in 0..50 {
+        again = store.try_lock_batch(a).await.unwrap();
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "released when dropped");
+    drop(other);
 }
