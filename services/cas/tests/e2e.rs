@@ -77,7 +77,7 @@ async fn requests_become_completed_with_witnesses_anchored_on_chain() {
         &with(
             &shared,
             &[
-                ("CAS_BATCH_LINGER", "1s"),
+                ("CAS_BATCH_LINGER", "3s"),
                 ("CAS_SWEEP_INTERVAL", "2s"),
                 ("CAS_SWEEP_AGE", "30s"),
             ],
@@ -230,9 +230,10 @@ async fn requests_become_completed_with_witnesses_anchored_on_chain() {
     }
     assert!(!transactions.is_empty());
     assert!(
-        transactions.len() <= 3,
-        "requests are batched: {} transactions",
-        transactions.len()
+        transactions.len() * 4 <= expected.len(),
+        "requests are batched: {} transactions for {} requests",
+        transactions.len(),
+        expected.len()
     );
 
     // ceramic-one polls by re-POSTing: the 202 carries the witness.

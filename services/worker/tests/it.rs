@@ -147,6 +147,10 @@ async fn set_balance(p: &RootProvider, who: Address) {
 
 /// The contract at the official address (idempotent), and a fresh funded wallet on its
 /// allowlist (the owner adds it, impersonated on anvil).
+/// Owner transactions of tests running in parallel: anvil gives concurrent sends from one
+/// impersonated account the same nonce, so they take turns.
+static OWNER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn allowed_anchorer() -> EvmAnchorer {
     install_contract_for_dev(&rpc_url(), ANCHOR_CONTRACT_ADDRESS, DEV_OWNER)
         .await
@@ -155,6 +159,7 @@ async fn allowed_anchorer() -> EvmAnchorer {
     let signer = PrivateKeySigner::random();
     set_balance(&p, signer.address()).await;
 
+    let turn = OWNER_TURN.lock().await;
     let owner = CeramicAnchor::new(ANCHOR_CONTRACT_ADDRESS, &p)
         .owner()
         .call()
@@ -184,6 +189,7 @@ async fn allowed_anchorer() -> EvmAnchorer {
         .await
         .expect("addCas receipt");
     assert!(receipt.status(), "addCas reverted");
+    drop(turn);
 
     let mut config = AnchorerConfig::new(
         rpc_url(),

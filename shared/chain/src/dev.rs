@@ -56,6 +56,10 @@ pub async fn fund_for_dev(rpc_url: &str, address: Address) -> Result<(), ChainEr
     .await
 }
 
+/// Owner transactions sent through impersonation in this process take turns: anvil gives
+/// concurrent sends from one account the same nonce.
+static OWNER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Make `wallet` allowed to anchor on `contract` (dev chain only), by sending `addCas` as the
 /// contract's current owner through anvil's impersonation. Nothing happens if it is allowed
 /// already.
@@ -65,6 +69,7 @@ pub async fn allow_wallet_for_dev(
     wallet: Address,
 ) -> Result<(), ChainError> {
     let provider = dev_provider(rpc_url).await?;
+    let _turn = OWNER_TURN.lock().await;
     let instance = CeramicAnchor::new(contract, &provider);
     let allowed = instance
         .isServiceAllowed(wallet)

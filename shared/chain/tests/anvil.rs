@@ -73,7 +73,12 @@ fn config(signer: &PrivateKeySigner) -> AnchorerConfig {
 
 /// Send `input` to `contract` as its current owner, whoever that is (anvil impersonation,
 /// so no key is needed and anvil assigns the nonce).
+/// Owner transactions of tests running in parallel: anvil gives concurrent sends from one
+/// impersonated account the same nonce, so they take turns.
+static OWNER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn as_owner(p: &RootProvider, contract: Address, input: Vec<u8>) {
+    let _turn = OWNER_TURN.lock().await;
     let owner = CeramicAnchor::new(contract, p)
         .owner()
         .call()
