@@ -74,6 +74,9 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Group-commit tuning of the ingest path.
     pub group_commit: GroupCommitConfig,
+    /// Final answers (COMPLETED with witness, REPLACED) kept serialized in memory; they never
+    /// change, so repeated polls skip the database. About 3.5 KB each.
+    pub answer_cache: usize,
 }
 
 impl Default for ApiSettings {
@@ -83,6 +86,7 @@ impl Default for ApiSettings {
             car_body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             group_commit: GroupCommitConfig::default(),
+            answer_cache: 20_000,
         }
     }
 }
@@ -96,6 +100,7 @@ pub struct AppState {
     pub(crate) chain_id: ChainIdCell,
     pub(crate) settings: Arc<ApiSettings>,
     pub(crate) publisher: Option<IngestPublisher>,
+    pub(crate) answers: Arc<std::sync::Mutex<witness::BoundedCache<String, bytes::Bytes>>>,
 }
 
 impl AppState {
@@ -113,6 +118,9 @@ impl AppState {
             ingest,
             witnesses,
             chain_id,
+            answers: Arc::new(std::sync::Mutex::new(witness::BoundedCache::new(
+                settings.answer_cache,
+            ))),
             settings: Arc::new(settings),
             publisher: None,
         }

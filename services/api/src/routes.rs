@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use bytes::Bytes;
 use cas_core::{
     AnchorRequest, parse_car_request, parse_cid, parse_json_request, pipeline::IngestEntry,
 };
@@ -140,6 +141,10 @@ async fn create_request(
             parse_json_request(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?
         }
     };
+    // A final answer is final: a re-POST (how ceramic-one polls) gets it without a write.
+    if let Some(body) = cached_answer(&state, &parsed.cid.to_string()) {
+        return Ok(json_bytes(StatusCode::ACCEPTED, body));
+    }
     let new = NewRequest {
         id: Uuid::now_v7(),
         cid: parsed.cid.to_string(),
@@ -171,7 +176,30 @@ async fn create_request(
         InsertOutcome::Existing(record) => (StatusCode::ACCEPTED, record),
     };
     let presentation = present(&state, record).await?;
-    Ok((status, Json(presentation)).into_response())
+    Ok(json_bytes(status, answer_bytes(&state, &presentation)?))
+}
+
+fn cached_answer(state: &AppState, cid: &str) -> Option<Bytes> {
+    state.answers.lock().ok()?.get(&cid.to_owned())
+}
+
+/// Serialize an answer, and remember it if it is final (COMPLETED with its witness, or
+/// REPLACED): neither ever changes.
+fn answer_bytes(state: &AppState, presentation: &Presentation) -> Result<Bytes, ApiError> {
+    let body = Bytes::from(
+        serde_json::to_vec(presentation)
+            .map_err(|e| ApiError::Internal(format!("serializing: {e}")))?,
+    );
+    let is_final = (presentation.status == "COMPLETED" && presentation.witness_car.is_some())
+        || presentation.status == "REPLACED";
+    if is_final && let Ok(mut answers) = state.answers.lock() {
+        answers.insert(presentation.cid.clone(), body.clone());
+    }
+    Ok(body)
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn present(state: &AppState, record: &RequestRecord) -> Result<Presentation, ApiError> {
@@ -198,13 +226,19 @@ async fn get_request(
     let cid = parse_cid(&cid)
         .map_err(|_| ApiError::BadRequest("CID is empty or malformed".to_owned()))?
         .to_string();
+    if let Some(body) = cached_answer(&state, &cid) {
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
     let record = state
         .store
         .get_request(&cid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Request does not exist for cid {cid}")))?;
     let presentation = present(&state, &record).await?;
-    Ok((StatusCode::OK, Json(presentation)).into_response())
+    Ok(json_bytes(
+        StatusCode::OK,
+        answer_bytes(&state, &presentation)?,
+    ))
 }
 
 async fn supported_chains(State(state): State<AppState>) -> Response {

@@ -19,14 +19,14 @@ use crate::{BuiltWitness, WitnessSource};
 
 /// A map that forgets its oldest entries beyond a capacity.
 #[derive(Debug)]
-struct BoundedCache<K, V> {
+pub(crate) struct BoundedCache<K, V> {
     capacity: usize,
     map: HashMap<K, V>,
     order: VecDeque<K>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
-    fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
             map: HashMap::new(),
@@ -34,11 +34,11 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         }
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
         self.map.get(key).cloned()
     }
 
-    fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         if self.capacity == 0 {
             return;
         }

@@ -244,6 +244,11 @@ pub(crate) struct ApiArgs {
     /// Built witnesses (~3 KB each) kept in memory.
     #[arg(long, env = "CAS_WITNESS_CACHE", default_value_t = 20_000)]
     pub(crate) witness_cache: usize,
+
+    /// Final answers (COMPLETED with witness, REPLACED; ~3.5 KB each) kept serialized in
+    /// memory, so repeated polls of them skip the database.
+    #[arg(long, env = "CAS_ANSWER_CACHE", default_value_t = 20_000)]
+    pub(crate) answer_cache: usize,
 }
 
 fn parse_secret(text: &str) -> Result<SecretString, String> {

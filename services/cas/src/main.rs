@@ -88,6 +88,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             workers: args.ingest_workers,
             queue_capacity: args.ingest_queue,
         },
+        answer_cache: args.answer_cache,
     };
     let pipeline = Pipeline::connect(&args.pipeline).await?;
     let (witnesses, publisher): (Arc<dyn WitnessSource>, _) = match &pipeline {

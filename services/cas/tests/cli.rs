@@ -42,6 +42,9 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "CAS_INGEST_WORKERS",
         "CAS_INGEST_QUEUE",
         "CAS_LOG_FORMAT",
+        "CAS_S3_BUCKET",
+        "CAS_SQS_QUEUE_PREFIX",
+        "CAS_ANSWER_CACHE",
     ] {
         assert!(
             help.contains(var),

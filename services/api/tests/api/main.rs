@@ -363,8 +363,10 @@ async fn completed_requests_carry_a_verifiable_witness() {
         .await
         .unwrap();
 
+    let mut answers = Vec::new();
     for (leaf, commit) in leaves.iter().zip(&commits) {
         let (status, body) = app.get(&format!("/requests/{leaf}")).await;
+        answers.push(body.clone());
         assert_eq!(status, 200);
         assert_presentation_shape(&body, "COMPLETED");
         assert_eq!(body["message"], "CID successfully anchored.");
@@ -388,6 +390,28 @@ async fn completed_requests_carry_a_verifiable_witness() {
         assert_eq!(status, 202);
         assert_eq!(again, body);
     }
+
+    // Final answers never change, so they are served from memory: with the rows gone, a
+    // poll gets the same answer and a re-POST writes nothing.
+    sqlx::query("DELETE FROM batch_member")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM request")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    for (leaf, first) in leaves.iter().zip(&answers) {
+        let (status, body) = app.get(&format!("/requests/{leaf}")).await;
+        assert_eq!((status, &body), (200, first));
+        let (status, body) = app.post_json(&request_body(&leaf.to_string())).await;
+        assert_eq!((status, &body), (202, first));
+    }
+    assert_eq!(
+        app.request_count().await,
+        0,
+        "re-POSTs of completed requests write nothing"
+    );
 }
 
 #[tokio::test]
