@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use cas_merkle::{Cid, MerkleTree, dag_cbor_cid};
+use cas_merkle::{AnchorProof, ArtifactIndex, Cid, MerkleTree, dag_cbor_cid, encode_artifact};
 use sha2::{Digest, Sha256};
 
 fn best_of(runs: usize, mut f: impl FnMut()) -> Duration {
@@ -49,6 +49,43 @@ fn main() {
                 .ok(),
         );
     });
+    // The tree artifact the worker writes, and the witnesses the API builds from it.
+    let tree = MerkleTree::build_parallel(leaves.clone(), 0).expect("tree");
+    let proof = AnchorProof::contract(tree.root(), [7u8; 32], "eip155:1337");
+    let mut artifact = Vec::new();
+    let encode = best_of(3, || {
+        artifact = encode_artifact(&tree, &proof, cas_merkle::DEFAULT_CHUNK_LEAVES);
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    const WITNESSES: u64 = 20_000;
+    let stream_init = dag_cbor_cid(b"bench stream");
+    let (index_load, witness_each, verify_each) = runtime.block_on(async {
+        let t = Instant::now();
+        let index = ArtifactIndex::load(&artifact).await.expect("index");
+        let index_load = t.elapsed();
+        let mut cars = Vec::with_capacity(WITNESSES as usize);
+        let t = Instant::now();
+        for i in 0..WITNESSES {
+            // Spread over the whole tree (a stride coprime with 2^20).
+            let leaf = (i * 7919) % N as u64;
+            let w = index
+                .witness(&artifact, leaf, stream_init, Some(&leaves[leaf as usize]))
+                .await
+                .expect("witness");
+            cars.push(w.car);
+        }
+        let witness_each = t.elapsed() / WITNESSES as u32;
+        let t = Instant::now();
+        for car in &cars {
+            cas_merkle::verify_witness_car(car).await.expect("verifies");
+        }
+        let verify_each = t.elapsed() / WITNESSES as u32;
+        (index_load, witness_each, verify_each)
+    });
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+
     let line = |name: &str, value: f64, unit: &str| {
         println!("{{\"name\":\"{name}\",\"value\":{value:.1},\"unit\":\"{unit}\"}}");
     };
@@ -57,6 +94,16 @@ fn main() {
     line("merkle_2^20_leaf_clone", ms(clone), "ms");
     line("merkle_2^20_build_1_core", ms(seq), "ms");
     line("merkle_2^20_build_all_cores", ms(par), "ms");
+    line("merkle_2^20_artifact_encode", ms(encode), "ms");
+    line("merkle_2^20_tree_and_artifact_all_cores", ms(par + encode), "ms");
+    line(
+        "merkle_2^20_artifact_size",
+        artifact.len() as f64 / (1024.0 * 1024.0),
+        "MiB",
+    );
+    line("artifact_2^20_index_load", ms(index_load), "ms");
+    line("witness_from_artifact_2^20", us(witness_each), "us");
+    line("witness_verify_2^20", us(verify_each), "us");
     if let Some(kib) = peak_rss_kib() {
         line("merkle_2^20_peak_rss", kib as f64 / 1024.0, "MiB");
     }

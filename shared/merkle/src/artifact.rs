@@ -329,6 +329,51 @@ impl ArtifactIndex {
             .collect()
     }
 
+    /// The raw leaf slots `[lo, hi)`; parse one with [`Self::leaf_in`].
+    async fn read_leaf_slots(
+        &self,
+        source: &(impl RangeRead + ?Sized),
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<u8>, ArtifactError> {
+        let slot = 1 + self.leaf_width;
+        let bytes = source
+            .read_range(self.leaves_offset + lo * slot..self.leaves_offset + hi * slot)
+            .await?;
+        if bytes.len() as u64 != (hi - lo) * slot {
+            return Err(corrupt("truncated leaf section"));
+        }
+        Ok(bytes)
+    }
+
+    /// Leaf `i` of slots read by [`Self::read_leaf_slots`].
+    fn leaf_in(&self, slots: &[u8], i: usize) -> Result<Cid, ArtifactError> {
+        let width = 1 + self.leaf_width as usize;
+        let s = slots
+            .get(i * width..(i + 1) * width)
+            .ok_or_else(|| corrupt("leaf outside its chunk"))?;
+        let len = s[0] as usize;
+        if len == 0 || len > self.leaf_width as usize {
+            return Err(corrupt("bad leaf length"));
+        }
+        Cid::read_bytes(Cursor::new(&s[1..=len])).map_err(|e| corrupt(format!("leaf cid: {e}")))
+    }
+
+    /// The raw digests of nodes `[first, first + count)` in post-order.
+    async fn read_node_bytes(
+        &self,
+        source: &(impl RangeRead + ?Sized),
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<u8>, ArtifactError> {
+        let start = self.nodes_offset + first * 32;
+        let bytes = source.read_range(start..start + count * 32).await?;
+        if bytes.len() as u64 != count * 32 {
+            return Err(corrupt("truncated node section"));
+        }
+        Ok(bytes)
+    }
+
     async fn read_nodes(
         &self,
         source: &(impl RangeRead + ?Sized),
@@ -392,33 +437,49 @@ impl ArtifactIndex {
                 bits.push(u8::from(go_right));
                 r = if go_right { right } else { left };
             }
-            // Inside the chunk: two ranged reads give everything below.
-            let chunk_leaves = self.read_leaves(source, r.lo as u64, r.hi as u64).await?;
-            let chunk_nodes = if r.len() >= 2 {
-                self.read_nodes(source, r.base as u64, (r.len() - 1) as u64)
+            // Inside the chunk: two ranged reads give everything below. Only the CIDs and
+            // digests on the path are decoded, not the whole chunk.
+            let slots = self
+                .read_leaf_slots(source, r.lo as u64, r.hi as u64)
+                .await?;
+            let node_bytes = if r.len() >= 2 {
+                self.read_node_bytes(source, r.base as u64, (r.len() - 1) as u64)
                     .await?
             } else {
                 Vec::new()
             };
             let (lo, base) = (r.lo, r.base);
-            let child = |c: Range| {
-                if c.len() == 1 {
-                    Child::Leaf(&chunk_leaves[c.lo - lo])
-                } else {
-                    Child::Node(&chunk_nodes[c.own() - base])
-                }
+            let node_at = |i: usize| -> [u8; 32] {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&node_bytes[i * 32..i * 32 + 32]);
+                d
             };
             while r.len() >= 2 {
                 let (left, right) = (r.left(), r.right());
+                let (left_cid, right_cid, left_digest, right_digest);
+                let left_child = if left.len() == 1 {
+                    left_cid = self.leaf_in(&slots, left.lo - lo)?;
+                    Child::Leaf(&left_cid)
+                } else {
+                    left_digest = node_at(left.own() - base);
+                    Child::Node(&left_digest)
+                };
+                let right_child = if right.len() == 1 {
+                    right_cid = self.leaf_in(&slots, right.lo - lo)?;
+                    Child::Leaf(&right_cid)
+                } else {
+                    right_digest = node_at(right.own() - base);
+                    Child::Node(&right_digest)
+                };
                 let mut buf = [0u8; NODE_BUF];
-                let n = encode_node_into(&mut buf, child(left), child(right));
-                let own = chunk_nodes[r.own() - base];
+                let n = encode_node_into(&mut buf, left_child, right_child);
+                let own = node_at(r.own() - base);
                 path_nodes.push((dag_cbor_cid_from_digest(own), buf[..n].to_vec()));
                 let go_right = index >= right.lo;
                 bits.push(u8::from(go_right));
                 r = if go_right { right } else { left };
             }
-            leaf = chunk_leaves[r.lo - lo];
+            leaf = self.leaf_in(&slots, r.lo - lo)?;
         }
         if let Some(expected) = expected_leaf
             && *expected != leaf
