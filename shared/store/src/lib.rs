@@ -3,10 +3,28 @@
 //! [`RequestStore`] is the boundary; [`PgStore`] is the PostgreSQL implementation.
 //! [`GroupCommitter`] coalesces concurrent inserts into multi-row statements and answers
 //! each caller only after its row is durable.
+//! [`TxJournal`] records Ethereum transaction attempts and holds the wallet (nonce) lock;
+//! [`PgStore`] implements it too.
+//! [`NonceStore`] remembers the one-time nonces of signed requests ([`PgStore`] across API
+//! instances, [`MemoryNonceStore`] in one process).
 
 mod group_commit;
+mod journal;
+#[cfg(feature = "test-support")]
+pub mod journal_testsuite;
 mod model;
+mod nonce;
+#[cfg(feature = "test-support")]
+pub mod nonce_testsuite;
 mod pg;
+mod pg_journal;
+mod pg_nonce;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_journal;
+#[cfg(feature = "sqlite")]
+mod sqlite_nonce;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 #[cfg(feature = "test-support")]
@@ -21,7 +39,14 @@ pub use model::{
     AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
     messages,
 };
+pub use journal::{
+    LocalWalletLocks, MemoryTxJournal, NewTxAttempt, TxAttempt, TxJournal, TxState, WalletKey,
+    WalletLock,
+};
+pub use nonce::{MemoryNonceStore, NonceStore};
 pub use pg::{MIGRATOR, PgStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SQLITE_MIGRATOR, SqliteStore};
 
 /// Errors of the store. None of them is the client's fault: the API answers 5xx.
 #[derive(Debug, Clone, thiserror::Error)]

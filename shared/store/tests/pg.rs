@@ -136,3 +136,36 @@ async fn unreachable_database_is_a_retryable_error() {
     let err = store.ping().await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
+
+#[tokio::test]
+async fn pg_store_passes_the_journal_conformance_suite() {
+    let db = TestDb::new().await.unwrap();
+    cas_store::journal_testsuite::run_all(&db.store).await;
+    // The wallet lock is held by a connection: a second pool (another process) sees it.
+    let w = cas_store::journal_testsuite::wallet(1);
+    let other =
+        cas_store::PgStore::connect_lazy(&db.url, 2, std::time::Duration::from_secs(5)).unwrap();
+    use cas_store::TxJournal;
+    let held = db
+        .store
+        .lock_wallet(&w, std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("lock");
+    assert!(
+        other
+            .lock_wallet(&w, std::time::Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_none(),
+        "held across pools"
+    );
+    drop(held);
+    assert!(
+        other
+            .lock_wallet(&w, std::time::Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
