@@ -6,6 +6,12 @@
 //! from which the API builds every witness, record the anchor on the batch row (one row,
 //! whatever the batch size), then acknowledge the message. The message's visibility is
 //! extended while the work runs; a failure makes the message visible again after a backoff.
+//!
+//! Transactions go through [`TxManager`] (see [`txmanager`]): one sender per wallet across
+//! the cluster, every attempt journaled before it is broadcast, so a batch is never anchored
+//! twice and a restarted worker resumes the transactions it already sent.
+
+pub mod txmanager;
 
 use std::{
     sync::Arc,
@@ -23,14 +29,25 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use txmanager::{TxError, TxManager, TxManagerConfig};
+
 /// Puts a Merkle root on chain.
 #[async_trait]
 pub trait RootAnchorer: Send + Sync + 'static {
     /// CAIP-2 id of the chain (`eip155:<id>`), written into proofs.
     fn chain_id(&self) -> String;
-    /// Anchor a root digest (the sha256 of the root node); returns the transaction hash once
-    /// the transaction is confirmed.
-    async fn anchor_root(&self, root_digest: [u8; 32]) -> Result<[u8; 32], AnchorFailure>;
+    /// Anchor the root digest (the sha256 of the root node) of a batch; returns the
+    /// transaction hash once the transaction is confirmed. Asking again for the same batch
+    /// must not send a second transaction once one was mined.
+    async fn anchor_root(
+        &self,
+        batch_id: Uuid,
+        root_digest: [u8; 32],
+    ) -> Result<[u8; 32], AnchorFailure>;
+    /// Resume work left unfinished by an earlier run (called once when the worker starts).
+    async fn recover(&self) -> Result<(), AnchorFailure> {
+        Ok(())
+    }
 }
 
 /// A failed anchor attempt.
@@ -43,13 +60,20 @@ pub struct AnchorFailure {
     pub retryable: bool,
 }
 
+/// Without a journal or a wallet lock: a worker that dies after broadcasting can anchor a
+/// batch twice, and two workers can race for a nonce. Only for single-process throwaway
+/// setups; production uses [`TxManager`].
 #[async_trait]
 impl RootAnchorer for cas_chain::EvmAnchorer {
     fn chain_id(&self) -> String {
         cas_chain::EvmAnchorer::chain_id(self).to_string()
     }
 
-    async fn anchor_root(&self, root_digest: [u8; 32]) -> Result<[u8; 32], AnchorFailure> {
+    async fn anchor_root(
+        &self,
+        _batch_id: Uuid,
+        root_digest: [u8; 32],
+    ) -> Result<[u8; 32], AnchorFailure> {
         cas_chain::EvmAnchorer::anchor_root(self, root_digest)
             .await
             .map(|tx| tx.tx_hash)
@@ -57,6 +81,41 @@ impl RootAnchorer for cas_chain::EvmAnchorer {
                 retryable: e.is_retryable(),
                 message: e.to_string(),
             })
+    }
+}
+
+#[async_trait]
+impl RootAnchorer for TxManager {
+    fn chain_id(&self) -> String {
+        self.chain().chain_id().to_string()
+    }
+
+    async fn anchor_root(
+        &self,
+        batch_id: Uuid,
+        root_digest: [u8; 32],
+    ) -> Result<[u8; 32], AnchorFailure> {
+        self.anchor(batch_id, root_digest)
+            .await
+            .map(|tx| tx.tx_hash)
+            .map_err(|e| AnchorFailure {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn recover(&self) -> Result<(), AnchorFailure> {
+        match TxManager::recover(self).await {
+            Ok(0) => Ok(()),
+            Ok(settled) => {
+                tracing::info!(nonces = settled, "resumed journaled transactions");
+                Ok(())
+            }
+            Err(e) => Err(AnchorFailure {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -156,6 +215,16 @@ impl Worker {
     /// Run until `shutdown`. A batch in progress is finished before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(chain.id = %self.anchorer.chain_id(), "worker running");
+        // Transactions a previous run left pending are settled before new work; a failure
+        // here is not fatal (every anchor settles them first anyway).
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            recovered = self.anchorer.recover() => {
+                if let Err(err) = recovered {
+                    tracing::warn!(error = %err, "resuming journaled transactions failed; they are resumed with the next batch");
+                }
+            }
+        }
         while !shutdown.is_cancelled() {
             let received = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -315,16 +384,17 @@ impl Worker {
         let build_ms = build_started.elapsed().as_millis() as u64;
 
         let anchor_started = Instant::now();
+        // Every anchoring failure leaves the batch retryable: the batch itself is fine, and
+        // what failed (the chain, the wallet's funds or permission) can be fixed.
         let tx_hash = self
             .anchorer
-            .anchor_root(tree.root_digest())
+            .anchor_root(batch_id, tree.root_digest())
             .await
             .map_err(|e| {
-                if e.retryable {
-                    BatchError::Retryable(format!("anchoring: {e}"))
-                } else {
-                    BatchError::Permanent(format!("anchoring: {e}"))
+                if !e.retryable {
+                    tracing::error!(batch.id = %batch_id, error = %e, "anchoring needs an operator; the batch stays queued");
                 }
+                BatchError::Retryable(format!("anchoring: {e}"))
             })?;
         let anchor_ms = anchor_started.elapsed().as_millis() as u64;
 

@@ -38,8 +38,14 @@ use cas_merkle::{
     verify_witness_car,
 };
 use cas_queue::{Queue, SqsQueue, create_queue};
-use cas_store::{NewBatch, NewRequest, PgStore, RequestStore, test_support::TestDb};
-use cas_worker::{BatchError, BatchOutcome, RootAnchorer, Worker, WorkerConfig};
+use cas_store::{
+    NewBatch, NewRequest, NewTxAttempt, PgStore, RequestStore, TxJournal, TxState, WalletKey,
+    test_support::TestDb,
+};
+use cas_worker::{
+    BatchError, BatchOutcome, RootAnchorer, TxError, TxManager, TxManagerConfig, Worker,
+    WorkerConfig,
+};
 use chrono::{SubsecRound, Utc};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -152,6 +158,11 @@ async fn set_balance(p: &RootProvider, who: Address) {
 static OWNER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn allowed_anchorer() -> EvmAnchorer {
+    allowed_wallet().await.1
+}
+
+/// Like [`allowed_anchorer`], with the wallet's key.
+async fn allowed_wallet() -> (PrivateKeySigner, EvmAnchorer) {
     install_contract_for_dev(&rpc_url(), ANCHOR_CONTRACT_ADDRESS, DEV_OWNER)
         .await
         .expect("install the contract");
@@ -198,9 +209,10 @@ async fn allowed_anchorer() -> EvmAnchorer {
     config.expected_chain_id = Some(expected_chain());
     config.poll_interval = Duration::from_millis(50);
     config.attempt_timeout = Duration::from_secs(30);
-    EvmAnchorer::connect(config)
+    let anchorer = EvmAnchorer::connect(config)
         .await
-        .expect("connect anchorer")
+        .expect("connect anchorer");
+    (signer, anchorer)
 }
 
 /// Transactions sent by `wallet` so far (its nonce).
@@ -294,24 +306,40 @@ fn worker_config() -> WorkerConfig {
     }
 }
 
+/// Transactions go through the journaled manager, journaling into the test database.
+fn tx_manager(chain: EvmAnchorer, store: &PgStore) -> TxManager {
+    TxManager::new(
+        chain,
+        Arc::new(store.clone()),
+        TxManagerConfig {
+            attempt_timeout: Duration::from_secs(30),
+            ..TxManagerConfig::default()
+        },
+    )
+}
+
 struct Rig {
     _db: TestDb,
     store: Arc<PgStore>,
     batches: Arc<SqsQueue>,
     blobs: Arc<S3BlobStore>,
-    anchorer: Arc<EvmAnchorer>,
+    anchorer: Arc<TxManager>,
+    signer: PrivateKeySigner,
 }
 
 impl Rig {
     async fn new() -> Self {
         let db = TestDb::new().await.expect("test database");
         let store = Arc::new(db.store.clone());
+        let (signer, anchorer) = allowed_wallet().await;
+        let anchorer = Arc::new(tx_manager(anchorer, &store));
         Self {
             store,
             _db: db,
             batches: sqs_queue("batches").await,
             blobs: s3_blobs().await,
-            anchorer: Arc::new(allowed_anchorer().await),
+            anchorer,
+            signer,
         }
     }
 
@@ -846,4 +874,204 @@ async fn the_retry_backoff_is_not_overwritten_by_an_extension_in_flight() {
         queue.applied.lock().unwrap()
     );
     assert_eq!(queue.applied.lock().unwrap().last(), Some(&retry_backoff));
+}
+
+// ---------------------------------------------------------------------------------------
+// The transaction manager's journal paths that real processes cannot force
+// ---------------------------------------------------------------------------------------
+
+fn wallet_key(anchorer: &EvmAnchorer) -> WalletKey {
+    WalletKey {
+        chain_id: anchorer.chain_id().0,
+        address: anchorer.wallet().into_array(),
+    }
+}
+
+/// Sign an anchor of `root` at the wallet's next nonce and journal it as `Signed`, as a
+/// worker does right before broadcasting.
+async fn journaled_attempt(
+    anchorer: &EvmAnchorer,
+    store: &PgStore,
+    batch_id: Uuid,
+    root: [u8; 32],
+) -> cas_chain::SignedAnchorTx {
+    let nonce = anchorer.pending_nonce().await.unwrap();
+    let fees = anchorer.suggest_fees().await.unwrap();
+    let signed = anchorer.sign_anchor(root, nonce, fees).await.unwrap();
+    store
+        .record_attempt(&NewTxAttempt {
+            batch_id,
+            wallet: wallet_key(anchorer),
+            nonce,
+            tx_hash: signed.tx_hash.0,
+            root_digest: root,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            gas_limit: signed.gas_limit,
+            raw_tx: signed.raw.to_vec(),
+        })
+        .await
+        .unwrap();
+    signed
+}
+
+#[tokio::test]
+async fn a_transaction_broadcast_before_a_crash_is_found_and_not_sent_again() {
+    let db = TestDb::new().await.unwrap();
+    let anchorer = allowed_anchorer().await;
+    let wallet = anchorer.wallet();
+    let batch_id = Uuid::now_v7();
+    let root = [0x5a; 32];
+    // Journaled, broadcast and mined; then the worker died before recording anything else.
+    let signed = journaled_attempt(&anchorer, &db.store, batch_id, root).await;
+    anchorer.broadcast(&signed).await.unwrap();
+    let nonce = tx_count(wallet).await;
+    assert_eq!(nonce, signed.nonce + 1);
+
+    let manager = tx_manager(anchorer, &db.store);
+    let tx = manager.anchor(batch_id, root).await.expect("anchor");
+    assert_eq!(
+        B256::from(tx.tx_hash),
+        signed.tx_hash,
+        "the journaled transaction"
+    );
+    assert_eq!(tx_count(wallet).await, nonce, "nothing sent again");
+    let attempts = db.store.batch_attempts(batch_id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, TxState::Mined);
+    assert_eq!(attempts[0].block_number, Some(tx.block_number));
+    // Asking again (a redelivered message) still sends nothing.
+    let again = manager.anchor(batch_id, root).await.unwrap();
+    assert_eq!(again.tx_hash, tx.tx_hash);
+    assert_eq!(tx_count(wallet).await, nonce);
+}
+
+#[tokio::test]
+async fn only_a_transaction_proven_dropped_is_sent_again() {
+    let db = TestDb::new().await.unwrap();
+    let (signer, anchorer) = allowed_wallet().await;
+    let wallet = anchorer.wallet();
+    let batch_id = Uuid::now_v7();
+    let root = [0x6b; 32];
+    // Journaled but never broadcast (the worker died in between) ...
+    let lost = journaled_attempt(&anchorer, &db.store, batch_id, root).await;
+    // ... and its nonce is then used by another transaction of the wallet.
+    let other = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(signer))
+        .connect_http(rpc_url().parse().unwrap());
+    let receipt = other
+        .send_transaction(
+            TransactionRequest::default()
+                .with_to(wallet)
+                .with_value(U256::ZERO)
+                .with_nonce(lost.nonce),
+        )
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+
+    let manager = tx_manager(anchorer, &db.store);
+    let tx = manager.anchor(batch_id, root).await.expect("anchor");
+    let attempts = db.store.batch_attempts(batch_id).await.unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0].tx_hash, lost.tx_hash.0);
+    assert_eq!(
+        attempts[0].state,
+        TxState::Dropped,
+        "proven dropped: nonce used, no receipt"
+    );
+    assert_eq!(attempts[1].state, TxState::Mined);
+    assert_eq!(attempts[1].nonce, lost.nonce + 1, "a new nonce");
+    assert_eq!(attempts[1].tx_hash, tx.tx_hash);
+    assert!(
+        provider()
+            .get_transaction_receipt(lost.tx_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(tx_count(wallet).await, lost.nonce + 2);
+}
+
+#[tokio::test]
+async fn the_wallet_lock_wait_is_bounded_and_nothing_is_sent_without_it() {
+    let db = TestDb::new().await.unwrap();
+    let anchorer = allowed_anchorer().await;
+    let key = wallet_key(&anchorer);
+    let wallet = anchorer.wallet();
+    let nonce = tx_count(wallet).await;
+    let manager = TxManager::new(
+        anchorer,
+        Arc::new(db.store.clone()),
+        TxManagerConfig {
+            lock_timeout: Duration::from_millis(500),
+            ..TxManagerConfig::default()
+        },
+    );
+    // Another worker (another pool: another process) holds the lock.
+    let other = PgStore::connect_lazy(&db.url, 2, Duration::from_secs(5)).unwrap();
+    let held = other
+        .lock_wallet(&key, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("lock");
+    let started = Instant::now();
+    let err = manager
+        .anchor(Uuid::now_v7(), [0x7c; 32])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TxError::LockTimeout { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert_eq!(tx_count(wallet).await, nonce, "nothing sent");
+    drop(held);
+    manager.anchor(Uuid::now_v7(), [0x7c; 32]).await.unwrap();
+    assert_eq!(tx_count(wallet).await, nonce + 1);
+}
+
+#[tokio::test]
+async fn a_wallet_removed_from_the_allowlist_leaves_its_batches_queued() {
+    let rig = Rig::new().await;
+    let (batch_id, _members) = closed_batch(&rig.store, rig.blobs.as_ref(), 2).await;
+    let wallet = rig.anchorer.wallet();
+    // The wallet is removed while the worker runs (it may remove itself).
+    let own = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(rig.signer.clone()))
+        .connect_http(rpc_url().parse().unwrap());
+    let removed = CeramicAnchor::new(ANCHOR_CONTRACT_ADDRESS, &own)
+        .removeCas(wallet)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(removed.status());
+    let nonce = tx_count(wallet).await;
+
+    match rig.worker().process_batch(batch_id).await {
+        Err(BatchError::Retryable(reason)) => assert!(
+            reason.contains(&format!("wallet {wallet} is not allowed to anchor"))
+                && reason.contains("addCas"),
+            "{reason}"
+        ),
+        other => panic!("expected a retryable error, got {other:?}"),
+    }
+    assert_eq!(tx_count(wallet).await, nonce, "nothing sent");
+    assert!(rig.store.batch_attempts(batch_id).await.unwrap().is_empty());
+    // The message is not dropped.
+    rig.batches
+        .send(BatchMessage::new(batch_id).to_json())
+        .await
+        .unwrap();
+    let got = rig
+        .batches
+        .receive(1, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    rig.worker().handle(got[0].clone()).await;
+    assert_eq!(rig.batches.approximate_depth().await.unwrap(), 1);
 }

@@ -4,24 +4,25 @@
 //! bumping can slot in between them: [`EvmAnchorer::pending_nonce`] and
 //! [`EvmAnchorer::suggest_fees`] → [`EvmAnchorer::sign_anchor`] (pure signing, nothing sent)
 //! → [`EvmAnchorer::broadcast`] → [`EvmAnchorer::wait_for_confirmation`].
-//! [`EvmAnchorer::anchor_root`] runs them in order under one time limit.
+//! [`EvmAnchorer::anchor_root`] runs them in order under one time limit. The journaled
+//! transaction manager in `cas-worker` drives them itself, with [`EvmAnchorer::inclusion`]
+//! and [`EvmAnchorer::latest_nonce`] to follow attempts it sent before.
 
 use std::fmt;
 use std::time::Duration;
 
 use alloy::eips::eip2718::Encodable2718;
-use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::network::{NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::TransactionRequest;
-use alloy::signers::Signer;
-use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio::time::Instant;
 
 use crate::contract::{ANCHOR_CONTRACT_ADDRESS, CeramicAnchor};
 use crate::error::{from_contract, from_transport, is_already_known};
+use crate::signer::{AnchorSigner, SignerSource, parse_key};
 use crate::{ChainError, ChainId, connect_root};
 
 /// Settings for [`EvmAnchorer::connect`]. `Debug` never shows the signing key.
@@ -29,8 +30,8 @@ use crate::{ChainError, ChainId, connect_root};
 pub struct AnchorerConfig {
     /// HTTP(S) JSON-RPC endpoint.
     pub rpc_url: String,
-    /// The wallet's private key, hex (with or without `0x`).
-    pub signing_key: SecretString,
+    /// The wallet's key: a private key or an AWS KMS key.
+    pub signer: SignerSource,
     /// The anchor contract. Default: [`ANCHOR_CONTRACT_ADDRESS`].
     pub contract: Address,
     /// If set, [`EvmAnchorer::connect`] fails unless the endpoint serves this chain.
@@ -50,9 +51,14 @@ impl AnchorerConfig {
     /// A config with the defaults: the official contract, any chain, 1 confirmation,
     /// 60 s per attempt, 1 s polling.
     pub fn new(rpc_url: impl Into<String>, signing_key: SecretString) -> Self {
+        Self::with_signer(rpc_url, SignerSource::PrivateKey(signing_key))
+    }
+
+    /// Like [`AnchorerConfig::new`], with any [`SignerSource`].
+    pub fn with_signer(rpc_url: impl Into<String>, signer: SignerSource) -> Self {
         Self {
             rpc_url: rpc_url.into(),
-            signing_key,
+            signer,
             contract: ANCHOR_CONTRACT_ADDRESS,
             expected_chain_id: None,
             confirmations: 1,
@@ -76,6 +82,17 @@ pub struct AnchorTx {
     pub gas_used: u64,
     /// The price paid per gas, in wei.
     pub effective_gas_price: u128,
+}
+
+/// A transaction's receipt: where it was included and whether it succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inclusion {
+    /// The including block.
+    pub block_number: u64,
+    /// Its hash.
+    pub block_hash: B256,
+    /// Receipt status: false if it reverted.
+    pub success: bool,
 }
 
 /// EIP-1559 fee caps for one transaction, in wei per gas.
@@ -104,6 +121,13 @@ pub struct SignedAnchorTx {
     pub raw: Bytes,
 }
 
+impl SignedAnchorTx {
+    /// The gas limit × max fee per gas: the most the transaction can cost, in wei.
+    pub fn max_cost(&self) -> U256 {
+        U256::from(self.gas_limit) * U256::from(self.fees.max_fee_per_gas)
+    }
+}
+
 impl fmt::Debug for SignedAnchorTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignedAnchorTx")
@@ -121,7 +145,7 @@ impl fmt::Debug for SignedAnchorTx {
 #[derive(Clone)]
 pub struct EvmAnchorer {
     provider: RootProvider,
-    wallet: EthereumWallet,
+    signer: AnchorSigner,
     address: Address,
     contract: Address,
     chain_id: ChainId,
@@ -149,8 +173,9 @@ impl EvmAnchorer {
     /// is allow-listed or the contract's owner.
     pub async fn connect(config: AnchorerConfig) -> Result<Self, ChainError> {
         let provider = connect_root(&config.rpc_url)?;
-        let signer: PrivateKeySigner = parse_key(&config.signing_key)?;
-        let address = signer.address();
+        if let SignerSource::PrivateKey(key) = &config.signer {
+            parse_key(key)?; // a malformed key fails before any network call
+        }
 
         let actual = ChainId(provider.get_chain_id().await.map_err(from_transport)?);
         if let Some(expected) = config.expected_chain_id
@@ -158,7 +183,8 @@ impl EvmAnchorer {
         {
             return Err(ChainError::WrongChain { expected, actual });
         }
-        let signer = signer.with_chain_id(Some(actual.0));
+        let signer = AnchorSigner::load(&config.signer, Some(actual.0)).await?;
+        let address = signer.address();
 
         let code = provider
             .get_code_at(config.contract)
@@ -170,7 +196,7 @@ impl EvmAnchorer {
 
         let anchorer = Self {
             provider,
-            wallet: EthereumWallet::from(signer),
+            signer,
             address,
             contract: config.contract,
             chain_id: actual,
@@ -185,7 +211,7 @@ impl EvmAnchorer {
                 contract: config.contract,
             });
         }
-        tracing::info!(wallet = %address, contract = %config.contract, chain = %actual, "connected to the anchor contract");
+        tracing::info!(wallet = %address, signer = anchorer.signer.kind(), contract = %config.contract, chain = %actual, "connected to the anchor contract");
         Ok(anchorer)
     }
 
@@ -202,6 +228,16 @@ impl EvmAnchorer {
     /// The anchor contract's address.
     pub fn contract(&self) -> Address {
         self.contract
+    }
+
+    /// Blocks that must include or follow a transaction before it counts.
+    pub fn confirmations(&self) -> u64 {
+        self.confirmations
+    }
+
+    /// How often to poll the node.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
     }
 
     /// The wallet's balance in wei (latest block).
@@ -277,6 +313,32 @@ impl EvmAnchorer {
             .map_err(from_transport)
     }
 
+    /// The number of the wallet's transactions in the latest block: every nonce below it is
+    /// used.
+    pub async fn latest_nonce(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_transaction_count(self.address)
+            .latest()
+            .await
+            .map_err(from_transport)
+    }
+
+    /// The receipt of a transaction, if it is in a block (of the node's current chain).
+    pub async fn inclusion(&self, tx_hash: B256) -> Result<Option<Inclusion>, ChainError> {
+        let Some(receipt) = self.receipt(tx_hash).await? else {
+            return Ok(None);
+        };
+        let (Some(block_number), Some(block_hash)) = (receipt.block_number, receipt.block_hash)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Inclusion {
+            block_number,
+            block_hash,
+            success: receipt.status(),
+        }))
+    }
+
     /// The node's EIP-1559 fee suggestion (from `eth_feeHistory`).
     pub async fn suggest_fees(&self) -> Result<Fees, ChainError> {
         let estimate = self
@@ -301,9 +363,9 @@ impl EvmAnchorer {
     }
 
     /// Estimate the gas (plus the configured margin) and sign the anchor transaction with
-    /// the given nonce and fees. Nothing is broadcast. Fails with
-    /// [`ChainError::WouldRevert`] if the call would revert (e.g. the wallet was removed
-    /// from the allowlist).
+    /// the given nonce and fees. Nothing is broadcast. Fails with [`ChainError::NotAllowed`]
+    /// if the wallet is not (or no longer) allowed by the contract, and with
+    /// [`ChainError::WouldRevert`] if the call would revert for another reason.
     pub async fn sign_anchor(
         &self,
         root_digest: [u8; 32],
@@ -311,11 +373,19 @@ impl EvmAnchorer {
         fees: Fees,
     ) -> Result<SignedAnchorTx, ChainError> {
         let request = self.anchor_request(root_digest);
-        let estimate = self
-            .provider
-            .estimate_gas(request.clone())
-            .await
-            .map_err(from_transport)?;
+        let estimate = match self.provider.estimate_gas(request.clone()).await {
+            Ok(gas) => gas,
+            Err(e) => {
+                let err = from_transport(e);
+                if matches!(err, ChainError::WouldRevert(_)) && !self.is_allowed().await? {
+                    return Err(ChainError::NotAllowed {
+                        wallet: self.address,
+                        contract: self.contract,
+                    });
+                }
+                return Err(err);
+            }
+        };
         let gas_limit = estimate.saturating_add(estimate * self.gas_limit_margin_percent / 100);
 
         let mut request = request
@@ -325,7 +395,7 @@ impl EvmAnchorer {
             .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
         request.transaction_type = Some(2);
         let envelope = request
-            .build(&self.wallet)
+            .build(self.signer.wallet())
             .await
             .map_err(|e| ChainError::Signing(e.to_string()))?;
         Ok(SignedAnchorTx {
@@ -434,14 +504,6 @@ pub fn anchor_calldata(root_digest: [u8; 32]) -> Bytes {
     }
     .abi_encode()
     .into()
-}
-
-fn parse_key(key: &SecretString) -> Result<PrivateKeySigner, ChainError> {
-    // The parse error could echo the input, so it is dropped.
-    key.expose_secret()
-        .trim()
-        .parse::<PrivateKeySigner>()
-        .map_err(|_| ChainError::InvalidKey)
 }
 
 /// The address of the wallet a signing key controls (for logs and for making that wallet the

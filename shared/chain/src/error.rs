@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::transports::{RpcError, TransportError};
 
 use crate::ChainId;
@@ -81,6 +81,19 @@ pub enum ChainError {
         /// The anchor contract.
         contract: Address,
     },
+    /// The wallet cannot pay for the transaction at the offered fees.
+    #[error(
+        "wallet {wallet} holds {balance} wei, but an anchor transaction may cost up to {needed} wei \
+         (gas limit × max fee per gas): fund the wallet"
+    )]
+    InsufficientFunds {
+        /// The service's wallet.
+        wallet: Address,
+        /// Its balance.
+        balance: U256,
+        /// The most the transaction may cost.
+        needed: U256,
+    },
     /// The transaction was mined but reverted.
     #[error("transaction {tx_hash} reverted in block {block_number}")]
     Reverted {
@@ -106,7 +119,10 @@ impl ChainError {
     /// bad configuration are not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ChainError::Rpc(_) | ChainError::Rejected { .. } | ChainError::Timeout { .. } => true,
+            ChainError::Rpc(_)
+            | ChainError::Rejected { .. }
+            | ChainError::Timeout { .. }
+            | ChainError::InsufficientFunds { .. } => true,
             ChainError::InvalidUrl(_)
             | ChainError::WouldRevert(_)
             | ChainError::Contract { .. }
@@ -118,6 +134,64 @@ impl ChainError {
             | ChainError::UnexpectedContractCode(_)
             | ChainError::NotAllowed { .. }
             | ChainError::Reverted { .. } => false,
+        }
+    }
+}
+
+/// Why a node refused a transaction sent with `eth_sendRawTransaction`, from its message
+/// (geth, anvil, erigon, nethermind and besu wordings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The nonce is used already: an earlier transaction of the wallet was mined with it.
+    NonceTooLow,
+    /// Another transaction with this nonce is pending and this one does not pay enough more.
+    ReplacementUnderpriced,
+    /// The fees are below what the node accepts now (e.g. the max fee is below the base fee).
+    FeeTooLow,
+    /// The wallet cannot pay gas limit × max fee.
+    InsufficientFunds,
+}
+
+impl ChainError {
+    /// Why a node refused a transaction, if this is such a refusal.
+    pub fn rejection(&self) -> Option<Rejection> {
+        let ChainError::Rejected { message, .. } = self else {
+            return None;
+        };
+        let m = message.to_ascii_lowercase();
+        let any = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+        if any(&[
+            "nonce too low",
+            "nonce is too low",
+            "nonce has already been used",
+            "oldnonce",
+            "nonce already used",
+        ]) {
+            Some(Rejection::NonceTooLow)
+        } else if any(&[
+            "replacement transaction underpriced",
+            "replacement underpriced",
+            "replacementunderpriced",
+            "replacement fee too low",
+        ]) {
+            Some(Rejection::ReplacementUnderpriced)
+        } else if any(&[
+            "insufficient funds",
+            "insufficientfunds",
+            "insufficient balance",
+        ]) {
+            Some(Rejection::InsufficientFunds)
+        } else if any(&[
+            "less than block base fee",
+            "underpriced",
+            "fee cap too low",
+            "feecaptoolow",
+            "gas price too low",
+            "max fee per gas less than",
+        ]) {
+            Some(Rejection::FeeTooLow)
+        } else {
+            None
         }
     }
 }
@@ -163,5 +237,65 @@ pub(crate) fn is_already_known(e: &TransportError) -> bool {
             m.contains("already known") || m.contains("known transaction")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(message: &str) -> ChainError {
+        ChainError::Rejected {
+            code: -32003,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn node_refusals_are_classified() {
+        for (message, expected) in [
+            ("nonce too low", Some(Rejection::NonceTooLow)),
+            (
+                "nonce too low: next nonce 5, tx nonce 4",
+                Some(Rejection::NonceTooLow),
+            ),
+            ("OldNonce", Some(Rejection::NonceTooLow)),
+            (
+                "replacement transaction underpriced",
+                Some(Rejection::ReplacementUnderpriced),
+            ),
+            (
+                "ReplacementUnderpriced",
+                Some(Rejection::ReplacementUnderpriced),
+            ),
+            (
+                "max fee per gas less than block base fee",
+                Some(Rejection::FeeTooLow),
+            ),
+            ("transaction underpriced", Some(Rejection::FeeTooLow)),
+            (
+                "Insufficient funds for gas * price + value",
+                Some(Rejection::InsufficientFunds),
+            ),
+            ("header not found", None),
+        ] {
+            assert_eq!(rejected(message).rejection(), expected, "{message}");
+        }
+        assert_eq!(ChainError::Rpc("nonce too low".into()).rejection(), None);
+    }
+
+    #[test]
+    fn an_unfunded_wallet_is_explained_and_retryable() {
+        let err = ChainError::InsufficientFunds {
+            wallet: Address::ZERO,
+            balance: U256::from(5u64),
+            needed: U256::from(1_000u64),
+        };
+        assert!(err.is_retryable());
+        let text = err.to_string();
+        assert!(
+            text.contains("holds 5 wei") && text.contains("1000 wei") && text.contains("fund"),
+            "{text}"
+        );
     }
 }

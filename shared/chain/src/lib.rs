@@ -3,7 +3,12 @@
 //! - [`fetch_chain_id`]: which chain an RPC endpoint serves, as CAIP-2 (`eip155:<id>`);
 //! - [`contract`]: the anchor contract (official address, ABI bindings, bytecode) and
 //!   [`install_contract_for_dev`], which places it on a local anvil chain;
-//! - [`EvmAnchorer`]: sends `anchorDagCbor(root)` transactions and waits for them.
+//! - [`EvmAnchorer`]: sends `anchorDagCbor(root)` transactions and waits for them, one step
+//!   at a time when asked (nonce, fees, signing, broadcast, inclusion, confirmations);
+//! - [`FeePolicy`]: first fees from the node's estimate under a cap, replacement fees at
+//!   least 12.5 % higher on both EIP-1559 fields;
+//! - [`SignerSource`] / [`AnchorSigner`]: the wallet's key, local or in AWS KMS (feature
+//!   `aws-kms`).
 
 use std::fmt;
 
@@ -13,16 +18,22 @@ mod anchorer;
 pub mod contract;
 pub mod dev;
 mod error;
+pub mod fees;
+mod signer;
 
 pub use alloy::primitives::Address;
+pub use alloy::primitives::{B256, U256};
 pub use anchorer::{
-    AnchorTx, AnchorerConfig, EvmAnchorer, Fees, SignedAnchorTx, anchor_calldata, wallet_address,
+    AnchorTx, AnchorerConfig, EvmAnchorer, Fees, Inclusion, SignedAnchorTx, anchor_calldata,
+    wallet_address,
 };
 pub use contract::{
     ANCHOR_CONTRACT_ADDRESS, CeramicAnchor, Installed, ensure_dev_chain, install_contract_for_dev,
     is_dev_chain,
 };
-pub use error::ChainError;
+pub use error::{ChainError, Rejection};
+pub use fees::FeePolicy;
+pub use signer::{AnchorSigner, SignerSource};
 
 /// A CAIP-2 chain id in the `eip155` namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
