@@ -20,6 +20,18 @@ pub enum ApiError {
     /// The body is larger than allowed (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// Authentication failed (401 `{"message":"Unauthorized"}`, the body ceramic-one
+    /// recognises). The reason (a metric label) is never sent to the client.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// Over a rate limit (429 with `Retry-After`).
+    #[error("rate limit of this {what} exceeded")]
+    TooManyRequests {
+        /// When the next request would be allowed.
+        retry_after: std::time::Duration,
+        /// Which limit: `ip` or `did`.
+        what: &'static str,
+    },
     /// Overloaded or a dependency is down: retry later (503).
     #[error("{0}")]
     Unavailable(String),
@@ -41,6 +53,28 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
+            Self::Unauthorized(_) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(serde_json::json!({ "message": "Unauthorized" })),
+                )
+                    .into_response();
+            }
+            Self::TooManyRequests { retry_after, what } => {
+                metrics::counter!("cas_rate_limited_total", "limit" => *what).increment(1);
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(serde_json::json!({
+                        "error": format!("Too many requests from this {what}; retry in {seconds} s")
+                    })),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return response;
+            }
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             Self::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),

@@ -5,14 +5,24 @@
 //! - `GET /api/v0/requests/{cid}`: status of a request; 200, 404, or 400 for a bad CID.
 //! - `GET /api/v0/service-info/supported_chains`: `{"supportedChains":["eip155:<id>"]}`.
 //! - `GET /api/v0/healthcheck`: 200 or 503, empty body.
+//! - `GET /metrics`: Prometheus metrics of this process.
 //!
 //! Client mistakes answer 4xx with `{"error": "..."}`; internal failures answer 5xx, never
 //! 4xx, because nodes treat a 4xx as "the service does not know this request".
+//!
+//! Abuse protection: DID authentication of POSTs (401 `{"message":"Unauthorized"}`, see
+//! [`AuthSettings`]), rate limits per client IP and per DID (429 with `Retry-After`), body,
+//! header and connection limits, request timeouts, and a bounded ingest queue that answers
+//! 503 when full instead of growing.
 
+mod auth;
 mod error;
+mod http_metrics;
+mod limits;
 mod presentation;
 mod publisher;
 mod routes;
+mod server;
 mod witness;
 
 use std::{
@@ -22,13 +32,18 @@ use std::{
 };
 
 use async_trait::async_trait;
-use cas_store::{GroupCommitConfig, GroupCommitter, RequestRecord, RequestStore};
+use cas_store::{
+    GroupCommitConfig, GroupCommitter, MemoryNonceStore, NonceStore, RequestRecord, RequestStore,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{AuthMode, AuthSettings, IpRange};
 pub use error::ApiError;
+pub use limits::RateLimit;
 pub use presentation::Presentation;
 pub use publisher::{IngestPublisher, PublisherConfig};
+pub use server::ServerLimits;
 pub use witness::ArtifactWitnesses;
 
 /// A built witness: the anchor commit's CID and the witness CAR.
@@ -77,6 +92,17 @@ pub struct ApiSettings {
     /// Final answers (COMPLETED with witness, REPLACED) kept serialized in memory; they never
     /// change, so repeated polls skip the database. About 3.5 KB each.
     pub answer_cache: usize,
+    /// DID authentication and gateway trust.
+    pub auth: AuthSettings,
+    /// Requests per client IP (a /64 for IPv6); disabled by default, since behind a proxy
+    /// that is not configured as trusted every client has the proxy's address.
+    pub ip_rate: RateLimit,
+    /// Anchor requests per authenticated DID.
+    pub did_rate: RateLimit,
+    /// Most keys each rate limiter tracks (bounds its memory, about 100 bytes a key).
+    pub rate_limit_keys: usize,
+    /// Connection, header and header-timeout limits.
+    pub server: ServerLimits,
 }
 
 impl Default for ApiSettings {
@@ -87,6 +113,17 @@ impl Default for ApiSettings {
             request_timeout: Duration::from_secs(30),
             group_commit: GroupCommitConfig::default(),
             answer_cache: 20_000,
+            auth: AuthSettings::default(),
+            ip_rate: RateLimit {
+                per_second: 0.0,
+                burst: 200,
+            },
+            did_rate: RateLimit {
+                per_second: 100.0,
+                burst: 500,
+            },
+            rate_limit_keys: 100_000,
+            server: ServerLimits::default(),
         }
     }
 }
@@ -101,11 +138,15 @@ pub struct AppState {
     pub(crate) settings: Arc<ApiSettings>,
     pub(crate) publisher: Option<IngestPublisher>,
     pub(crate) answers: Arc<std::sync::Mutex<witness::BoundedCache<String, bytes::Bytes>>>,
+    pub(crate) auth: Arc<auth::Authenticator>,
+    pub(crate) auth_settings: Arc<AuthSettings>,
+    pub(crate) ip_limiter: Option<Arc<limits::RateLimiter<std::net::IpAddr>>>,
 }
 
 impl AppState {
     /// State over a store. Must be called inside a Tokio runtime (it starts the group
-    /// committer's workers).
+    /// committer's workers). Used nonces are remembered in this process's memory; an API with
+    /// several instances must share them with [`AppState::with_nonce_store`].
     pub fn new(
         store: Arc<dyn RequestStore>,
         witnesses: Arc<dyn WitnessSource>,
@@ -113,7 +154,16 @@ impl AppState {
         settings: ApiSettings,
     ) -> Self {
         let ingest = GroupCommitter::spawn(Arc::clone(&store), settings.group_commit);
+        let ip_limiter =
+            limits::RateLimiter::new(settings.ip_rate, settings.rate_limit_keys).map(Arc::new);
+        let auth = Arc::new(Self::authenticator(
+            &settings,
+            Arc::new(MemoryNonceStore::default()),
+        ));
         Self {
+            auth_settings: Arc::new(settings.auth.clone()),
+            auth,
+            ip_limiter,
             store,
             ingest,
             witnesses,
@@ -124,6 +174,20 @@ impl AppState {
             settings: Arc::new(settings),
             publisher: None,
         }
+    }
+
+    /// Remember used nonces in `nonces` (a store shared by every API instance).
+    pub fn with_nonce_store(mut self, nonces: Arc<dyn NonceStore>) -> Self {
+        self.auth = Arc::new(Self::authenticator(&self.settings, nonces));
+        self
+    }
+
+    fn authenticator(settings: &ApiSettings, nonces: Arc<dyn NonceStore>) -> auth::Authenticator {
+        auth::Authenticator::new(
+            settings.auth.clone(),
+            nonces,
+            limits::RateLimiter::new(settings.did_rate, settings.rate_limit_keys),
+        )
     }
 
     /// Publish every newly created request to the ingest queues through `publisher`.
@@ -139,19 +203,34 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 /// A bound API server.
-#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    limits: ServerLimits,
+    /// The nonce store to purge, when authentication is on.
+    nonces: Option<(Arc<dyn NonceStore>, Duration)>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("listener", &self.listener)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Application {
     /// Bind the listener (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, state: AppState) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
+        let nonces = (state.auth.mode() != AuthMode::Off)
+            .then(|| (Arc::clone(state.auth.nonces()), state.auth.nonce_ttl()));
         Ok(Self {
             listener,
+            limits: state.settings.server,
             router: router(state),
+            nonces,
         })
     }
 
@@ -162,12 +241,37 @@ impl Application {
 
     /// Serve until `shutdown` is cancelled, then let in-flight requests finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
+        if let Some((nonces, ttl)) = self.nonces {
+            tokio::spawn(purge_nonces(nonces, ttl, shutdown.clone()));
+        }
+        server::serve(self.listener, self.router, self.limits, shutdown).await
+    }
+}
+
+/// Serve `GET /metrics` on `listener` until `shutdown`: the metrics endpoint of the roles
+/// that have no API (scheduler, worker).
+pub async fn serve_metrics(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(http_metrics::render))
+        .layer(axum::middleware::from_fn(http_metrics::track));
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Forget expired nonces every quarter of their lifetime (at most a minute apart), so the
+/// nonce store holds about one lifetime's worth.
+async fn purge_nonces(nonces: Arc<dyn NonceStore>, ttl: Duration, shutdown: CancellationToken) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match nonces.purge_expired(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "expired nonces purged"),
+            Err(err) => tracing::warn!(error = %err, "purging expired nonces failed"),
+        }
     }
 }

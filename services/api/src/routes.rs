@@ -1,11 +1,9 @@
 //! Handlers and the router.
 
-use std::net::SocketAddr;
-
 use axum::{
     Json, Router,
     body::{Body, to_bytes},
-    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State},
+    extract::{DefaultBodyLimit, Path, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -21,7 +19,7 @@ use tower_http::{
 };
 use uuid::Uuid;
 
-use crate::{ApiError, AppState, Presentation};
+use crate::{ApiError, AppState, Presentation, auth::Client};
 
 const CAR_CONTENT_TYPE: &str = "application/vnd.ipld.car";
 
@@ -40,7 +38,12 @@ pub(crate) fn router(state: AppState) -> Router {
             get(supported_chains),
         )
         .route("/api/v0/healthcheck", get(healthcheck))
+        .route("/metrics", get(crate::http_metrics::render))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::identify_client,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -52,6 +55,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .allow_methods(Any)
                 .allow_headers(Any),
         )
+        .layer(axum::middleware::from_fn(crate::http_metrics::track))
         .with_state(state)
 }
 
@@ -113,31 +117,33 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
     }
 }
 
-/// The origin used for REPLACED: the client address (DID authentication comes later).
-fn origin_of(request: &Request) -> String {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 async fn create_request(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let origin = origin_of(&request);
     let (parts, body) = request.into_parts();
+    let client = parts
+        .extensions
+        .get::<Client>()
+        .copied()
+        .ok_or_else(|| ApiError::Internal("client not identified".to_owned()))?;
     let form = body_form(&parts.headers)?;
+    let limit = match form {
+        BodyForm::Car => state.settings.car_body_limit,
+        BodyForm::Json => state.settings.json_body_limit,
+    };
+    let bytes = read_body(body, &parts.headers, limit).await?;
+    // Who sent it decides its origin (the scope of REPLACED): the DID when authenticated.
+    let digest = match form {
+        BodyForm::Car => cas_auth::BodyDigest::Car(&bytes),
+        BodyForm::Json => cas_auth::BodyDigest::Json(&bytes),
+    };
+    let origin = state.auth.authorize(&parts, client, digest).await?;
     let parsed: AnchorRequest = match form {
-        BodyForm::Car => {
-            let bytes = read_body(body, &parts.headers, state.settings.car_body_limit).await?;
-            parse_car_request(&bytes)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?
-        }
+        BodyForm::Car => parse_car_request(&bytes)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         BodyForm::Json => {
-            let bytes = read_body(body, &parts.headers, state.settings.json_body_limit).await?;
             parse_json_request(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?
         }
     };
@@ -156,6 +162,7 @@ async fn create_request(
     let outcome = state.ingest.submit(new).await?;
     let (status, record) = match &outcome {
         InsertOutcome::Created(record) => {
+            metrics::counter!("cas_requests_created_total").increment(1);
             if let Some(publisher) = &state.publisher {
                 publisher.publish(IngestEntry {
                     id: record.id,

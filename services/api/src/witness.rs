@@ -158,8 +158,10 @@ impl WitnessSource for ArtifactWitnesses {
             .map_err(|_| "cache poisoned")?
             .get(&record.cid)
         {
+            metrics::counter!("cas_witness_cache_hits_total").increment(1);
             return Ok(Some(hit));
         }
+        metrics::counter!("cas_witness_cache_misses_total").increment(1);
         let index = self.index(anchor.batch_id).await?;
         let stream: StreamId = record
             .stream_id

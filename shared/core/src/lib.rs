@@ -10,7 +10,10 @@ pub mod stream_id;
 pub mod time;
 
 pub use cid::Cid;
-pub use request::{AnchorRequest, RequestError, parse_car_request, parse_cid, parse_json_request};
+pub use request::{
+    AnchorRequest, MAX_ID_TEXT_LEN, RequestError, car_root, parse_car_request, parse_cid,
+    parse_json_request,
+};
 pub use status::RequestStatus;
 pub use stream_id::{StreamId, StreamIdError};
 pub use time::{ClientTimestamp, TimestampError};

@@ -43,12 +43,33 @@ const SHA2_256: u64 = 0x12;
 /// Longest version string kept; longer ones are cut (they are only labels).
 const MAX_VERSION_LEN: usize = 128;
 
+/// Longest CID or StreamID string accepted. The longest possible CID (a 64-byte digest with
+/// maximal varints) is 689 characters even in base2; real ones are 59-62. Multibase decoding
+/// of base36/base58 is quadratic in the length, so a 100 KB "CID" would cost seconds of CPU:
+/// the bound keeps hostile input cheap.
+pub const MAX_ID_TEXT_LEN: usize = 1024;
+
 /// Parse a CID string and return it; the canonical string form is `cid.to_string()`.
 pub fn parse_cid(text: &str) -> Result<Cid, String> {
     if text.is_empty() {
         return Err("cid is empty".to_owned());
     }
-    Cid::try_from(text).map_err(|e| format!("cid {text:?} is not a valid CID: {e}"))
+    if text.len() > MAX_ID_TEXT_LEN {
+        return Err(format!(
+            "cid is {} characters long; no CID is longer than {MAX_ID_TEXT_LEN}",
+            text.len()
+        ));
+    }
+    Cid::try_from(text).map_err(|e| format!("cid {:?} is not a valid CID: {e}", preview(text)))
+}
+
+/// Client input echoed in an error message, cut to a readable length.
+fn preview(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 /// Parse a JSON request body: `{streamId, cid, timestamp, jsCeramicVersion?, ceramicOneVersion?}`.
@@ -73,7 +94,7 @@ pub fn parse_json_request(body: &[u8]) -> Result<AnchorRequest, RequestError> {
     };
     let stream_id = text_field("streamId", &mut errors).and_then(|s| {
         s.parse::<StreamId>()
-            .map_err(|e| errors.push(format!("invalid streamId {s:?}: {e}")))
+            .map_err(|e| errors.push(format!("invalid streamId {:?}: {e}", preview(&s))))
             .ok()
     });
     let cid =
@@ -138,6 +159,31 @@ pub async fn parse_car_request(body: &[u8]) -> Result<AnchorRequest, RequestErro
         return Err(RequestError::Car("root block is not a map".to_owned()));
     };
     parse_car_root(&map)
+}
+
+/// The first root of a CAR body, read from its header alone. This is what a signed CAR
+/// request's digest names (`car.roots[0].toString()` in js-ceramic).
+pub fn car_root(body: &[u8]) -> Result<Cid, RequestError> {
+    let bad = |m: &str| RequestError::Car(m.to_owned());
+    let (len, rest) =
+        unsigned_varint::decode::usize(body).map_err(|_| bad("malformed header length"))?;
+    let header = rest.get(..len).ok_or_else(|| bad("truncated header"))?;
+    let header: Ipld = serde_ipld_dagcbor::from_slice(header)
+        .map_err(|e| RequestError::Car(format!("header is not dag-cbor: {e}")))?;
+    let Ipld::Map(header) = header else {
+        return Err(bad("header is not a map"));
+    };
+    if header.get("version") != Some(&Ipld::Integer(1)) {
+        return Err(bad("not a CARv1"));
+    }
+    match header.get("roots") {
+        Some(Ipld::List(roots)) => match roots.first() {
+            Some(Ipld::Link(root)) => Ok(*root),
+            Some(_) => Err(bad("a root is not a CID")),
+            None => Err(bad("the CAR has no root")),
+        },
+        _ => Err(bad("header has no roots")),
+    }
 }
 
 fn parse_car_root(map: &BTreeMap<String, Ipld>) -> Result<AnchorRequest, RequestError> {

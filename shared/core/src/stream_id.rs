@@ -86,6 +86,13 @@ impl FromStr for StreamId {
 
     /// Parse any multibase form; the canonical form is base36 lower case (`k...`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Multibase decoding is quadratic in the length; no stream id is this long.
+        if s.len() > crate::request::MAX_ID_TEXT_LEN {
+            return Err(StreamIdError::Multibase(format!(
+                "{} characters is longer than any stream id",
+                s.len()
+            )));
+        }
         let (_, bytes) =
             multibase::decode(s).map_err(|e| StreamIdError::Multibase(e.to_string()))?;
         Self::from_bytes(&bytes)

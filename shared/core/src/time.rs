@@ -9,6 +9,9 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 
+/// Longest timestamp string accepted (an RFC 3339 date with nanoseconds is 35 characters).
+pub const MAX_TIMESTAMP_LEN: usize = 128;
+
 /// A client timestamp with nanosecond precision, stored as Unix nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientTimestamp {
@@ -29,6 +32,12 @@ pub enum TimestampError {
 impl ClientTimestamp {
     /// Parse a client-supplied timestamp.
     pub fn parse(text: &str) -> Result<Self, TimestampError> {
+        if text.len() > MAX_TIMESTAMP_LEN {
+            return Err(TimestampError::Unparseable(format!(
+                "{}…",
+                text.chars().take(40).collect::<String>()
+            )));
+        }
         let trimmed = text.trim();
         let utc = if let Ok(dt) = DateTime::parse_from_rfc3339(trimmed) {
             dt.with_timezone(&Utc)

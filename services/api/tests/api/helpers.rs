@@ -66,7 +66,9 @@ async fn spawn_app_inner(
         witnesses,
         Arc::clone(&chain_id),
         settings,
-    );
+    )
+    // As `cas api` runs: used nonces in PostgreSQL, shared by apps on the same store.
+    .with_nonce_store(Arc::new(store.clone()));
     let state = match publisher {
         Some(p) => state.with_publisher(p),
         None => state,
@@ -87,6 +89,15 @@ async fn spawn_app_inner(
 }
 
 impl TestApp {
+    /// The address the app listens on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .trim_end_matches("/api/v0")
+            .parse()
+            .unwrap()
+    }
+
     pub(crate) async fn post_json(&self, body: &Value) -> (u16, Value) {
         let response = self
             .client

@@ -1,7 +1,11 @@
 //! API tests: real HTTP against the app on a random port, each with its own PostgreSQL
 //! database.
 
+mod auth;
+mod ceramic_one;
 mod helpers;
+mod hostile;
+mod limits;
 mod pipeline;
 
 use std::sync::Arc;
