@@ -41,6 +41,9 @@ pub use pending::Pending;
 /// Name of the sweeper's checkpoint.
 pub const SWEEPER_CHECKPOINT: &str = "ingest-sweeper";
 
+/// Most stale batches re-announced per round.
+const REDISPATCH_PAGE: i64 = 100;
+
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -209,6 +212,8 @@ impl Scheduler {
                     Ok(report) => {
                         close_backoff_until = None;
                         if let Some(id) = report.batch_id {
+                            metrics::counter!("cas_batches_closed_total").increment(1);
+                            metrics::histogram!("cas_batch_size").record(report.batched as f64);
                             tracing::info!(
                                 batch.id = %id,
                                 batch.size = report.batched,
@@ -229,11 +234,16 @@ impl Scheduler {
                 }
             }
 
+            metrics::gauge!("cas_pending_requests").set(self.pending.len() as f64);
+            metrics::gauge!("cas_oldest_pending_seconds")
+                .set(self.pending.age().map_or(0.0, |age| age.as_secs_f64()));
+
             if !self.pending.is_empty() && last_extend.elapsed() >= self.config.visibility / 3 {
                 self.extend_visibility().await;
                 last_extend = Instant::now();
             }
             if next_sweep <= Instant::now() {
+                self.report_queue_depths().await;
                 if let Err(err) = self.sweep().await {
                     tracing::warn!(error = format!("{err:#}"), "sweeper failed");
                 }
@@ -377,6 +387,20 @@ impl Scheduler {
         Ok(report)
     }
 
+    /// Export the approximate depth of the ingest and batch queues.
+    async fn report_queue_depths(&self) {
+        for (name, queue) in [("ingest", &self.ingest), ("batch", &self.batches)] {
+            match queue.approximate_depth().await {
+                Ok(depth) => {
+                    metrics::gauge!("cas_queue_depth", "queue" => name).set(depth as f64);
+                }
+                Err(err) => {
+                    tracing::debug!(queue = name, error = %err, "reading the queue depth failed");
+                }
+            }
+        }
+    }
+
     async fn extend_visibility(&self) {
         for receipt in self.pending.receipts() {
             if let Err(err) = self
@@ -392,14 +416,41 @@ impl Scheduler {
     /// Re-publish requests that were accepted but never reached a batch (a crash between the
     /// API's insert and its publish). Returns how many were re-published.
     pub async fn sweep(&self) -> anyhow::Result<usize> {
-        const LIMIT: i64 = 10_000;
         let until = Utc::now()
             - chrono::Duration::from_std(self.config.sweep_age)
                 .unwrap_or(chrono::Duration::minutes(10));
-        let mut after = match self.store.checkpoint(SWEEPER_CHECKPOINT).await? {
+        let after = match self.store.checkpoint(SWEEPER_CHECKPOINT).await? {
             Some(at) => at,
             None => until - chrono::Duration::hours(48),
         };
+        self.sweep_between(after, until).await
+    }
+
+    /// Resume after a restart that lost the queues' contents (the embedded mode keeps its
+    /// queues in memory): publish every request that is in no batch, whatever its age, and
+    /// announce every batch that is not anchored. Call it before new requests arrive.
+    /// Returns how many requests and batches were re-sent.
+    pub async fn resume_all(&self) -> anyhow::Result<(usize, usize)> {
+        let requests = self
+            .sweep_between(chrono::DateTime::UNIX_EPOCH, Utc::now())
+            .await?;
+        let mut batches = 0;
+        loop {
+            let sent = self.redispatch_before(Utc::now()).await?;
+            batches += sent;
+            if sent < REDISPATCH_PAGE as usize {
+                break;
+            }
+        }
+        Ok((requests, batches))
+    }
+
+    async fn sweep_between(
+        &self,
+        mut after: chrono::DateTime<Utc>,
+        until: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
+        const LIMIT: i64 = 10_000;
         let mut total = 0;
         let mut limit = LIMIT;
         loop {
@@ -463,7 +514,11 @@ impl Scheduler {
         let before = Utc::now()
             - chrono::Duration::from_std(self.config.redispatch_after)
                 .unwrap_or(chrono::Duration::minutes(30));
-        let stale = self.store.unanchored_batches(before, 100).await?;
+        self.redispatch_before(before).await
+    }
+
+    async fn redispatch_before(&self, before: chrono::DateTime<Utc>) -> anyhow::Result<usize> {
+        let stale = self.store.unanchored_batches(before, REDISPATCH_PAGE).await?;
         if stale.is_empty() {
             return Ok(0);
         }

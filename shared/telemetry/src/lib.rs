@@ -1,4 +1,6 @@
-//! Logging setup and the shutdown signal shared by every role.
+//! Logging setup, Prometheus metrics and the shutdown signal shared by every role.
+
+pub mod metrics;
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
@@ -30,6 +32,13 @@ impl std::str::FromStr for LogFormat {
 /// Install the global subscriber. The filter comes from `RUST_LOG`, defaulting to `info`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // alloy's HTTP transport puts the whole RPC URL (API keys in its path, credentials) on a
+    // debug span that every event inside it repeats; never record it, whatever RUST_LOG says.
+    let filter = filter.add_directive(
+        "alloy_transport_http=info"
+            .parse()
+            .expect("a valid filter directive"),
+    );
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
