@@ -28,6 +28,9 @@ pub(crate) enum Command {
     Scheduler(SchedulerArgs),
     /// Anchor batches on Ethereum and write the tree artifacts witnesses are built from.
     Worker(WorkerArgs),
+    /// Run the whole service in one process for local development: SQLite, in-memory
+    /// queues, files for batches and artifacts, and a local anvil chain (started here).
+    Dev(crate::dev::DevArgs),
 }
 
 /// Queues and blob storage shared by the roles. AWS credentials, region and endpoint come
@@ -70,10 +73,21 @@ pub(crate) struct PipelineArgs {
     pub(crate) create_bucket: bool,
 }
 
+/// Where a role without the HTTP API serves its Prometheus metrics.
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArgs {
+    /// Serve Prometheus metrics at http://<this address>/metrics (e.g. 0.0.0.0:9464).
+    #[arg(long, env = "CAS_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct SchedulerArgs {
     #[command(flatten)]
     pub(crate) database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub(crate) metrics: MetricsArgs,
 
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
@@ -114,6 +128,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) database: DatabaseArgs,
 
     #[command(flatten)]
+    pub(crate) metrics: MetricsArgs,
+
+    #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
 
     /// Ethereum JSON-RPC URL of the chain to anchor on.
@@ -127,6 +144,15 @@ pub(crate) struct WorkerArgs {
     /// File holding the private key (instead of CAS_ETH_PRIVATE_KEY).
     #[arg(long, env = "CAS_ETH_PRIVATE_KEY_FILE")]
     pub(crate) eth_private_key_file: Option<std::path::PathBuf>,
+
+    /// AWS KMS key (id, ARN or alias; ECC_SECG_P256K1, SIGN_VERIFY) that signs instead of a
+    /// private key. AWS credentials, region and endpoint come from the AWS SDK's variables.
+    #[arg(
+        long,
+        env = "CAS_ETH_KMS_KEY_ID",
+        conflicts_with_all = ["eth_private_key", "eth_private_key_file"]
+    )]
+    pub(crate) eth_kms_key_id: Option<String>,
 
     /// Address of the anchor contract.
     #[arg(
@@ -144,9 +170,32 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "CAS_ETH_CONFIRMATIONS")]
     pub(crate) eth_confirmations: Option<u64>,
 
-    /// Time limit for one anchor transaction attempt.
+    /// Time limit for one anchor transaction attempt: a transaction not mined by then is
+    /// replaced at the same nonce with both fees raised by at least 12.5 %. Also bounds the
+    /// wait for confirmations, so it must exceed confirmations × block time.
     #[arg(long, env = "CAS_ETH_TX_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub(crate) eth_tx_timeout: Duration,
+
+    /// Attempts per transaction (the first send plus replacements) before the batch is
+    /// retried later; the pending transaction stays journaled and is resumed.
+    #[arg(long, env = "CAS_ETH_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) eth_max_attempts: u32,
+
+    /// Highest maxFeePerGas any attempt may offer, in gwei (decimals allowed, e.g. 0.5).
+    #[arg(long, env = "CAS_ETH_MAX_FEE_GWEI", default_value = "200", value_parser = parse_gwei)]
+    pub(crate) eth_max_fee_gwei: u128,
+
+    /// Longest wait for the wallet (nonce) lock that serializes the cluster's transactions.
+    #[arg(long, env = "CAS_NONCE_LOCK_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub(crate) nonce_lock_timeout: Duration,
+
+    /// Warn when the wallet holds less than this many wei (default 0.1 ETH).
+    #[arg(
+        long,
+        env = "CAS_LOW_BALANCE_WEI",
+        default_value_t = 100_000_000_000_000_000
+    )]
+    pub(crate) low_balance_wei: u128,
 
     /// On a local dev chain (1337/31337) only: place the anchor contract at its address,
     /// owned by this wallet, if it is not there yet.
@@ -249,13 +298,180 @@ pub(crate) struct ApiArgs {
     /// memory, so repeated polls of them skip the database.
     #[arg(long, env = "CAS_ANSWER_CACHE", default_value_t = 20_000)]
     pub(crate) answer_cache: usize,
+
+    #[command(flatten)]
+    pub(crate) auth: AuthArgs,
+
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
 }
 
-fn parse_secret(text: &str) -> Result<SecretString, String> {
+/// DID authentication of anchor requests (every role that serves the API).
+#[derive(Debug, Args)]
+pub(crate) struct AuthArgs {
+    /// Authentication of POST /api/v0/requests: `off` (the origin is the client IP),
+    /// `allowlist` (a did:key-signed JWS from a DID in --auth-allowed-dids) or `relaxed`
+    /// (a JWS from any valid did:key). Failures answer 401. GETs are never authenticated.
+    #[arg(long = "auth", env = "CAS_AUTH", default_value = "off")]
+    pub(crate) mode: cas_api::AuthMode,
+
+    /// Comma-separated DIDs (did:key:z…) allowed in `allowlist` mode.
+    #[arg(
+        long = "auth-allowed-dids",
+        env = "CAS_AUTH_ALLOWED_DIDS",
+        value_delimiter = ',',
+        value_parser = parse_allowed_did
+    )]
+    pub(crate) allowed_dids: Vec<String>,
+
+    /// How long a used nonce is remembered (a signed request replayed within it is refused).
+    #[arg(long = "auth-nonce-ttl", env = "CAS_AUTH_NONCE_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) nonce_ttl: Duration,
+
+    /// Comma-separated addresses or CIDR ranges of trusted proxies (an API gateway, the load
+    /// balancer). Only on connections from them are the `did`, `digest`, `sourceIp` and
+    /// `X-Forwarded-For` headers believed; from anyone else they are ignored.
+    #[arg(
+        long = "trusted-proxies",
+        env = "CAS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub(crate) trusted_proxies: Vec<cas_api::IpRange>,
+}
+
+impl AuthArgs {
+    /// The API's auth settings; fails on a configuration that could never accept a request.
+    pub(crate) fn settings(&self) -> anyhow::Result<cas_api::AuthSettings> {
+        if self.mode == cas_api::AuthMode::Allowlist && self.allowed_dids.is_empty() {
+            anyhow::bail!(
+                "--auth allowlist needs at least one DID in --auth-allowed-dids (CAS_AUTH_ALLOWED_DIDS)"
+            );
+        }
+        Ok(cas_api::AuthSettings {
+            mode: self.mode,
+            allowed_dids: self.allowed_dids.clone(),
+            nonce_ttl: self.nonce_ttl,
+            trusted_proxies: self.trusted_proxies.clone(),
+        })
+    }
+}
+
+fn parse_header_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if bytes < 8192 {
+        return Err(format!("{bytes} is below the minimum of 8192 bytes"));
+    }
+    Ok(bytes)
+}
+
+fn parse_allowed_did(text: &str) -> Result<String, String> {
+    let did = text.trim();
+    cas_auth::DidKey::parse(did)
+        .map(|_| did.to_owned())
+        .map_err(|e| format!("{did:?} is not a usable did:key ({e})"))
+}
+
+/// Abuse limits of the HTTP API (every role that serves it).
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// Requests per second per client IP (IPv6: per /64), sustained; 0 = no limit. Behind a
+    /// proxy, set --trusted-proxies too, or every client shares the proxy's address.
+    #[arg(long, env = "CAS_RATE_LIMIT_IP", default_value_t = 0.0)]
+    pub(crate) rate_limit_ip: f64,
+
+    /// Requests a client IP may send at once above its sustained rate.
+    #[arg(long, env = "CAS_RATE_LIMIT_IP_BURST", default_value_t = 200)]
+    pub(crate) rate_limit_ip_burst: u32,
+
+    /// Anchor requests per second per authenticated DID, sustained; 0 = no limit.
+    #[arg(long, env = "CAS_RATE_LIMIT_DID", default_value_t = 100.0)]
+    pub(crate) rate_limit_did: f64,
+
+    /// Anchor requests a DID may send at once above its sustained rate.
+    #[arg(long, env = "CAS_RATE_LIMIT_DID_BURST", default_value_t = 500)]
+    pub(crate) rate_limit_did_burst: u32,
+
+    /// Most open HTTP connections; further ones wait in the listen backlog.
+    #[arg(
+        long = "max-connections",
+        env = "CAS_MAX_CONNECTIONS",
+        default_value_t = 8192
+    )]
+    pub(crate) max_http_connections: usize,
+
+    /// Largest request head (request line and headers) in bytes, at least 8192; larger
+    /// answers 431.
+    #[arg(long, env = "CAS_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = parse_header_bytes)]
+    pub(crate) max_header_bytes: usize,
+
+    /// Most request headers; more answer 431.
+    #[arg(long, env = "CAS_MAX_HEADERS", default_value_t = 64)]
+    pub(crate) max_headers: usize,
+
+    /// Longest time a client may take to send its request headers; also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, env = "CAS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) header_read_timeout: Duration,
+}
+
+impl LimitArgs {
+    /// Apply these limits to API settings.
+    pub(crate) fn apply(&self, settings: &mut cas_api::ApiSettings) {
+        settings.ip_rate = cas_api::RateLimit {
+            per_second: self.rate_limit_ip,
+            burst: self.rate_limit_ip_burst.max(1),
+        };
+        settings.did_rate = cas_api::RateLimit {
+            per_second: self.rate_limit_did,
+            burst: self.rate_limit_did_burst.max(1),
+        };
+        settings.server = cas_api::ServerLimits {
+            max_connections: self.max_http_connections.max(1),
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers.max(1),
+        };
+    }
+}
+
+pub(crate) fn parse_secret(text: &str) -> Result<SecretString, String> {
     if text.is_empty() {
         return Err("must not be empty".to_owned());
     }
     Ok(SecretString::from(text.to_owned()))
+}
+
+/// Parse an amount of gwei (`200`, `0.5`, `1.000000001`) into wei, exactly.
+pub(crate) fn parse_gwei(text: &str) -> Result<u128, String> {
+    let text = text.trim();
+    let invalid = || format!("{text:?} is not an amount of gwei like 200 or 1.5");
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .chars()
+            .chain(fraction.chars())
+            .all(|c| c.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    if fraction.len() > 9 {
+        return Err(format!(
+            "{text:?}: at most 9 decimals (1 wei = 0.000000001 gwei)"
+        ));
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| invalid())?
+    };
+    let fraction: u128 = format!("{fraction:0<9}").parse().map_err(|_| invalid())?;
+    whole
+        .checked_mul(1_000_000_000)
+        .and_then(|w| w.checked_add(fraction))
+        .ok_or_else(invalid)
 }
 
 /// Parse `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
@@ -311,6 +527,47 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 weeks").is_err());
+    }
+
+    #[test]
+    fn gwei_amounts() {
+        assert_eq!(parse_gwei("200").unwrap(), 200_000_000_000);
+        assert_eq!(parse_gwei("0.5").unwrap(), 500_000_000);
+        assert_eq!(parse_gwei("1.000000001").unwrap(), 1_000_000_001);
+        assert_eq!(parse_gwei(".25").unwrap(), 250_000_000);
+        for bad in ["", ".", "abc", "1.0000000001", "-1", "1e9", "1.2.3"] {
+            assert!(parse_gwei(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn worker_flags_have_defaults_and_the_signers_exclude_each_other() {
+        let base = [
+            "cas",
+            "worker",
+            "--database-url",
+            "postgres://h/db",
+            "--eth-rpc-url",
+            "http://127.0.0.1:8545",
+        ];
+        let Command::Worker(args) = Cli::try_parse_from(base).unwrap().command else {
+            panic!("not a worker");
+        };
+        assert_eq!(args.eth_max_fee_gwei, 200_000_000_000);
+        assert_eq!(args.eth_max_attempts, 5);
+        assert_eq!(args.nonce_lock_timeout, Duration::from_secs(900));
+        assert_eq!(args.low_balance_wei, 100_000_000_000_000_000);
+        assert_eq!(args.eth_kms_key_id, None);
+
+        let with = |extra: &[&'static str]| {
+            Cli::try_parse_from(base.iter().chain(extra).copied().collect::<Vec<_>>())
+        };
+        assert!(with(&["--eth-kms-key-id", "alias/cas"]).is_ok());
+        let err =
+            with(&["--eth-kms-key-id", "alias/cas", "--eth-private-key", "0x01"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(with(&["--eth-max-attempts", "0"]).is_err());
+        assert!(with(&["--eth-max-fee-gwei", "lots"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `cas` binary: one executable for every role of the anchor service.
 
 mod config;
+mod dev;
 mod pipeline;
 
 use std::{sync::Arc, time::Duration};
@@ -21,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cas_telemetry::init(cli.log_format);
+    cas_telemetry::metrics::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "cas starting");
     let result = match cli.command {
         Command::Api(args) => run_api(args).await,
         Command::Migrate(args) => run_migrate(args).await,
         Command::Scheduler(args) => run_scheduler(args).await,
         Command::Worker(args) => run_worker(args).await,
+        Command::Dev(args) => dev::run(args).await,
     };
     if let Err(err) = &result {
         tracing::error!(error = format!("{err:#}"), "cas stopped with an error");
@@ -66,6 +69,7 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let shutdown = cas_telemetry::shutdown_token();
+    let auth = args.auth.settings()?;
     let store = connect_migrated(&args.database).await?;
 
     let chain_id = ChainIdCell::default();
@@ -79,7 +83,13 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         ),
     }
 
-    let settings = ApiSettings {
+    tracing::info!(
+        auth = %auth.mode,
+        allowed_dids = auth.allowed_dids.len(),
+        trusted_proxies = auth.trusted_proxies.len(),
+        "api authentication configured"
+    );
+    let mut settings = ApiSettings {
         json_body_limit: args.json_body_limit,
         car_body_limit: args.car_body_limit,
         request_timeout: args.request_timeout,
@@ -89,7 +99,10 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             queue_capacity: args.ingest_queue,
         },
         answer_cache: args.answer_cache,
+        auth,
+        ..ApiSettings::default()
     };
+    args.limits.apply(&mut settings);
     let pipeline = Pipeline::connect(&args.pipeline).await?;
     let (witnesses, publisher): (Arc<dyn WitnessSource>, _) = match &pipeline {
         Some(p) => {
@@ -110,12 +123,15 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             (Arc::new(NoWitnesses), None)
         }
     };
+    let store = Arc::new(store);
+    // Used nonces live in PostgreSQL, so a replay is caught by whichever instance gets it.
     let mut state = AppState::new(
-        Arc::new(store) as Arc<dyn RequestStore>,
+        Arc::clone(&store) as Arc<dyn RequestStore>,
         witnesses,
         chain_id,
         settings,
-    );
+    )
+    .with_nonce_store(store as Arc<dyn cas_store::NonceStore>);
     let mut publisher_task = None;
     if let Some((publisher, task)) = publisher {
         state = state.with_publisher(publisher);
@@ -146,6 +162,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 
 async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let shutdown = cas_telemetry::shutdown_token();
+    serve_metrics(&args.metrics, &shutdown).await?;
     let store = connect_migrated(&args.database).await?;
     let pipeline = Pipeline::require(&args.pipeline).await?;
     let config = cas_scheduler::SchedulerConfig {
@@ -170,21 +187,29 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = cas_telemetry::shutdown_token();
+    serve_metrics(&args.metrics, &shutdown).await?;
     let store = connect_migrated(&args.database).await?;
     let pipeline = Pipeline::require(&args.pipeline).await?;
 
-    let key = match (&args.eth_private_key, &args.eth_private_key_file) {
-        (Some(key), None) => key.clone(),
-        (None, Some(path)) => {
+    let signer = match (
+        &args.eth_private_key,
+        &args.eth_private_key_file,
+        &args.eth_kms_key_id,
+    ) {
+        (Some(key), None, None) => cas_chain::SignerSource::PrivateKey(key.clone()),
+        (None, Some(path), None) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the private key file {}", path.display()))?;
-            secrecy::SecretString::from(text.trim().to_owned())
+            cas_chain::SignerSource::PrivateKey(secrecy::SecretString::from(text.trim().to_owned()))
         }
-        (Some(_), Some(_)) => {
-            anyhow::bail!("give CAS_ETH_PRIVATE_KEY or CAS_ETH_PRIVATE_KEY_FILE, not both")
-        }
-        (None, None) => anyhow::bail!(
-            "the worker needs a wallet: set CAS_ETH_PRIVATE_KEY or CAS_ETH_PRIVATE_KEY_FILE"
+        (None, None, Some(key_id)) => cas_chain::SignerSource::AwsKms {
+            key_id: key_id.clone(),
+        },
+        (None, None, None) => anyhow::bail!(
+            "the worker needs a wallet: set CAS_ETH_PRIVATE_KEY, CAS_ETH_PRIVATE_KEY_FILE or CAS_ETH_KMS_KEY_ID"
+        ),
+        _ => anyhow::bail!(
+            "give one of CAS_ETH_PRIVATE_KEY, CAS_ETH_PRIVATE_KEY_FILE or CAS_ETH_KMS_KEY_ID, not several"
         ),
     };
     let rpc_url = args.eth_rpc_url.expose_secret().to_owned();
@@ -192,19 +217,31 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .anchor_contract
         .parse()
         .with_context(|| format!("invalid anchor contract address {}", args.anchor_contract))?;
-    let wallet = cas_chain::wallet_address(&key).context("invalid private key")?;
     let chain = cas_chain::fetch_chain_id(&rpc_url)
         .await
         .context("reading the chain id")?;
+    if let Some(expected) = args.chain_id.map(cas_chain::ChainId)
+        && expected != chain
+    {
+        return Err(cas_chain::ChainError::WrongChain {
+            expected,
+            actual: chain,
+        })
+        .context("checking the chain (CAS_CHAIN_ID)");
+    }
+    let wallet = cas_chain::AnchorSigner::load(&signer, Some(chain.0))
+        .await
+        .context("loading the anchoring wallet's key")?
+        .address();
     if args.install_dev_contract {
         let installed = cas_chain::install_contract_for_dev(&rpc_url, contract, wallet)
             .await
             .context("installing the dev anchor contract")?;
         tracing::info!(?installed, contract = %contract, owner = %wallet, "dev anchor contract checked");
     }
-    let mut config = cas_chain::AnchorerConfig::new(rpc_url, key);
+    let mut config = cas_chain::AnchorerConfig::with_signer(rpc_url, signer);
     config.contract = contract;
-    config.expected_chain_id = args.chain_id.map(cas_chain::ChainId);
+    config.expected_chain_id = Some(chain);
     config.confirmations =
         args.eth_confirmations
             .unwrap_or(if cas_chain::contract::is_dev_chain(chain) {
@@ -213,16 +250,37 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 4
             });
     config.attempt_timeout = args.eth_tx_timeout;
+    let confirmations = config.confirmations;
     let anchorer = cas_chain::EvmAnchorer::connect(config)
         .await
         .context("connecting the anchoring wallet")?;
-    tracing::info!(wallet = %wallet, chain.id = %chain, contract = %contract, "anchoring wallet ready");
+    tracing::info!(
+        wallet = %wallet,
+        chain.id = %chain,
+        contract = %contract,
+        confirmations,
+        max_fee_per_gas = args.eth_max_fee_gwei,
+        "anchoring wallet ready"
+    );
+    let store = Arc::new(store);
+    let transactions = cas_worker::TxManager::new(
+        anchorer,
+        Arc::clone(&store) as Arc<dyn cas_store::TxJournal>,
+        cas_worker::TxManagerConfig {
+            attempt_timeout: args.eth_tx_timeout,
+            max_attempts: args.eth_max_attempts,
+            fees: cas_chain::FeePolicy::with_cap(args.eth_max_fee_gwei),
+            lock_timeout: args.nonce_lock_timeout,
+            low_balance_wei: args.low_balance_wei,
+            ..cas_worker::TxManagerConfig::default()
+        },
+    );
 
     let worker = cas_worker::Worker::new(
-        Arc::new(store),
+        store,
         pipeline.batches,
         pipeline.blobs,
-        Arc::new(anchorer),
+        Arc::new(transactions),
         cas_worker::WorkerConfig {
             visibility: args.batch_visibility,
             build_threads: args.build_threads,
@@ -230,6 +288,27 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         },
     );
     worker.run(shutdown).await
+}
+
+/// Serve `/metrics` in the background if the role was given an address for it.
+async fn serve_metrics(
+    args: &config::MetricsArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = args.metrics_addr else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr} for metrics"))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(err) = cas_api::serve_metrics(listener, shutdown).await {
+            tracing::warn!(error = %err, "metrics server failed");
+        }
+    });
+    Ok(())
 }
 
 /// Learn the chain id from the RPC, retrying with backoff until it answers.

@@ -21,7 +21,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_without(args, envs, &[])
+    }
+
+    /// Like [`Running::start`], with some inherited variables removed first.
+    pub fn start_without(args: &[&str], envs: &[(&str, &str)], remove: &[&str]) -> Self {
         let mut command = Command::new(CAS);
+        for name in remove {
+            command.env_remove(name);
+        }
         command
             .args(args)
             .env_remove("DATABASE_URL")
@@ -66,6 +74,37 @@ impl Running {
             }
         }
         panic!("no {message:?} log line; saw:\n{}", self.seen.join("\n"));
+    }
+
+    /// Wait up to `timeout` for a log line whose message is `message` and that satisfies
+    /// `matches`; `None` if none came.
+    pub fn wait_for_matching(
+        &mut self,
+        message: &str,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line.clone());
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && value["message"] == message
+                    && matches(&value)
+                {
+                    return Some(value);
+                }
+            }
+        }
+        None
+    }
+
+    /// Collect the lines logged so far without waiting.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     /// Wait for exit and collect the remaining output.
