@@ -43,6 +43,13 @@ struct PollArgs {
     /// GETs to send in total (spread over the posted requests).
     #[arg(long, default_value_t = 100_000)]
     gets: u64,
+    /// Wait until every posted request is COMPLETED before measuring, so the reads are of
+    /// final answers with witnesses (needs the scheduler and worker running).
+    #[arg(long)]
+    wait_completed: bool,
+    /// With --wait-completed: give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +81,10 @@ struct IngestArgs {
     /// Seed for the generated CIDs (a new one each run by default, so every request is new).
     #[arg(long)]
     seed: Option<String>,
+    /// Sign every POST as a node with DID auth does (Ed25519 did:key generated for the run,
+    /// printed on stderr): run the service with `--auth relaxed`, or allowlist the DID.
+    #[arg(long)]
+    auth: bool,
 }
 
 #[tokio::main]
@@ -140,6 +151,13 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         .timeout(Duration::from_secs(60))
         .build()
         .context("http client")?;
+    let signer = args
+        .auth
+        .then(|| Arc::new(cas_auth::Ed25519Signer::generate()));
+    if let Some(signer) = &signer {
+        use cas_auth::RequestSigner as _;
+        eprintln!("signing requests as {}", signer.did());
+    }
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -166,6 +184,7 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         let seed = seed.clone();
         let next = Arc::clone(&next);
         let done = Arc::clone(&done);
+        let signer = signer.clone();
         let total = args.requests;
         workers.push(tokio::spawn(async move {
             let mut latencies_ms = Vec::new();
@@ -177,12 +196,15 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
                 }
                 let body = request_body(&seed, index);
                 let sent = Instant::now();
-                let result = client
+                let mut request = client
                     .post(&endpoint)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                    .header("content-type", "application/json");
+                if let Some(signer) = &signer {
+                    use cas_auth::RequestSigner as _;
+                    let token = signer.sign(&endpoint, Some(&cas_auth::sha256_digest(&body)));
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let result = request.body(body).send().await;
                 latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
                 match result {
                     Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 202 => ok += 1,
@@ -209,6 +231,7 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     latencies.sort_by(|a, b| a.total_cmp(b));
     let summary = json!({
         "mode": "ingest",
+        "auth": args.auth,
         "requests": args.requests,
         "completed": ok,
         "verified": 0,
