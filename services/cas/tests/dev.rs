@@ -168,10 +168,20 @@ async fn dev_anchors_requests_and_resumes_after_a_crash() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("cas_requests_created_total 1"),
-        "{metrics}"
-    );
+    // Every role's metrics moved: the API's, the scheduler's, the worker's and the
+    // transaction manager's.
+    for expected in [
+        "cas_requests_created_total 1",
+        "cas_http_requests_total{route=\"/api/v0/requests\",status=\"201\"} 1",
+        "cas_batches_closed_total 2",
+        "cas_batches_anchored_total 2",
+        "cas_tree_build_seconds_count 2",
+        "cas_anchor_attempts_total{outcome=\"mined\"} 2",
+        "cas_witness_cache_misses_total",
+        "cas_wallet_balance_wei",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
     dev.terminate();
     assert!(dev.wait_exit().success(), "{}", dev.seen.join("\n"));
 

@@ -437,6 +437,10 @@ impl Worker {
             total_ms = started.elapsed().as_millis() as u64,
             "batch timings"
         );
+        metrics::counter!("cas_batches_anchored_total").increment(1);
+        metrics::histogram!("cas_tree_build_seconds").record(build_ms as f64 / 1000.0);
+        metrics::histogram!("cas_batch_processing_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(BatchOutcome::Anchored {
             batch_id,
             size,
