@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
-use crate::{E2eArgs, PollArgs, ingest, percentile};
+use crate::{E2eArgs, PollArgs, ingest};
 
 const ANCHOR_CONTRACT: &str = "0x231055a0852d67c7107ad0d0dfeab60278fe6adc";
 
@@ -332,7 +332,7 @@ pub(crate) async fn poll(args: PollArgs) -> anyhow::Result<()> {
         let next = Arc::clone(&next);
         let total = args.gets;
         workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies = crate::latency_histogram();
             let mut failed = 0u64;
             let mut bytes = 0u64;
             loop {
@@ -349,22 +349,21 @@ pub(crate) async fn poll(args: PollArgs) -> anyhow::Result<()> {
                     },
                     _ => failed += 1,
                 }
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                crate::record(&mut latencies, sent.elapsed());
             }
             (latencies, failed, bytes)
         }));
     }
-    let mut latencies = Vec::with_capacity(args.gets as usize);
+    let mut latencies = crate::latency_histogram();
     let (mut failed, mut bytes) = (0u64, 0u64);
     for worker in workers {
         let (l, f, b) = worker.await?;
-        latencies.extend(l);
+        latencies.add(&l).context("merging latency histograms")?;
         failed += f;
         bytes += b;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let ok = latencies.len() as u64 - failed;
-    latencies.sort_by(|a, b| a.total_cmp(b));
+    let ok = latencies.len() - failed;
     let summary = json!({
         "mode": "poll",
         "requests": args.gets,
@@ -376,8 +375,10 @@ pub(crate) async fn poll(args: PollArgs) -> anyhow::Result<()> {
         "mean_answer_bytes": (bytes as f64 / ok.max(1) as f64).round(),
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "rps": (ok as f64 / seconds).round(),
-        "p50_ms": (percentile(&latencies, 50.0) * 100.0).round() / 100.0,
-        "p99_ms": (percentile(&latencies, 99.0) * 100.0).round() / 100.0,
+        "p50_ms": crate::quantile_ms(&latencies, 0.50),
+        "p99_ms": crate::quantile_ms(&latencies, 0.99),
+        "p999_ms": crate::quantile_ms(&latencies, 0.999),
+        "max_ms": crate::quantile_ms(&latencies, 1.0),
     });
     println!("{summary}");
     anyhow::ensure!(failed == 0, "{failed} status reads failed");

@@ -78,6 +78,11 @@ struct IngestArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Send at this fixed rate (requests per second) instead of as fast as the concurrency
+    /// allows; latency then counts from each request's scheduled time, so a stalled
+    /// service shows up in the percentiles instead of slowing the load down.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Seed for the generated CIDs (a new one each run by default, so every request is new).
     #[arg(long)]
     seed: Option<String>,
@@ -125,12 +130,22 @@ fn request_body(seed: &str, index: u64) -> Vec<u8> {
     .expect("json")
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
+/// An HDR histogram of latencies in microseconds (1 µs to 10 min, 3 significant digits).
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// Record one latency (saturating at the histogram's top).
+fn record(histogram: &mut hdrhistogram::Histogram<u64>, latency: Duration) {
+    histogram.saturating_record((latency.as_micros() as u64).max(1));
+}
+
+/// A quantile of a latency histogram in milliseconds, two decimals.
+fn quantile_ms(histogram: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    if histogram.is_empty() {
         return 0.0;
     }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    (histogram.value_at_quantile(q) as f64 / 10.0).round() / 100.0
 }
 
 /// What an ingest run did.
@@ -186,8 +201,9 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         let done = Arc::clone(&done);
         let signer = signer.clone();
         let total = args.requests;
+        let rate = args.rate.filter(|r| *r > 0.0);
         workers.push(tokio::spawn(async move {
-            let mut latencies_ms = Vec::new();
+            let mut latencies = latency_histogram();
             let (mut ok, mut failed) = (0u64, 0u64);
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +211,14 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
                     break;
                 }
                 let body = request_body(&seed, index);
-                let sent = Instant::now();
+                let sent = match rate {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(index as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let mut request = client
                     .post(&endpoint)
                     .header("content-type", "application/json");
@@ -205,21 +228,21 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
                     request = request.header("authorization", format!("Bearer {token}"));
                 }
                 let result = request.body(body).send().await;
-                latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+                record(&mut latencies, sent.elapsed());
                 match result {
                     Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 202 => ok += 1,
                     _ => failed += 1,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (latencies_ms, ok, failed)
+            (latencies, ok, failed)
         }));
     }
-    let mut latencies = Vec::with_capacity(args.requests as usize);
+    let mut latencies = latency_histogram();
     let (mut ok, mut failed) = (0, 0);
     for worker in workers {
         let (l, o, f) = worker.await?;
-        latencies.extend(l);
+        latencies.add(&l).context("merging latency histograms")?;
         ok += o;
         failed += f;
     }
@@ -228,7 +251,6 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         p.abort();
         eprintln!();
     }
-    latencies.sort_by(|a, b| a.total_cmp(b));
     let summary = json!({
         "mode": "ingest",
         "auth": args.auth,
@@ -237,11 +259,13 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         "verified": 0,
         "failed": failed,
         "concurrency": args.concurrency,
+        "rate": args.rate,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "rps": (ok as f64 / seconds).round(),
-        "p50_ms": (percentile(&latencies, 50.0) * 100.0).round() / 100.0,
-        "p99_ms": (percentile(&latencies, 99.0) * 100.0).round() / 100.0,
-        "max_ms": (latencies.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
+        "p50_ms": quantile_ms(&latencies, 0.50),
+        "p99_ms": quantile_ms(&latencies, 0.99),
+        "p999_ms": quantile_ms(&latencies, 0.999),
+        "max_ms": quantile_ms(&latencies, 1.0),
     });
     let cids = (0..args.requests)
         .map(|i| {
@@ -271,10 +295,14 @@ mod tests {
     }
 
     #[test]
-    fn percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 51.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&[], 99.0), 0.0);
+    fn latency_quantiles() {
+        let mut h = latency_histogram();
+        for ms in 1..=100u64 {
+            record(&mut h, Duration::from_millis(ms));
+        }
+        assert!((quantile_ms(&h, 0.5) - 50.0).abs() < 0.1, "{}", quantile_ms(&h, 0.5));
+        assert!((quantile_ms(&h, 0.99) - 99.0).abs() < 0.1);
+        assert!((quantile_ms(&h, 1.0) - 100.0).abs() < 0.1);
+        assert_eq!(quantile_ms(&latency_histogram(), 0.99), 0.0);
     }
 }
