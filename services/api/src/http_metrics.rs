@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use tracing::Instrument as _;
+
 use axum::{
     extract::{MatchedPath, Request},
     http::{StatusCode, header},
@@ -17,7 +19,14 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| route_label(p.as_str()));
-    let response = next.run(request).await;
+    let span = tracing::info_span!(
+        "http.request",
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let status = response.status().as_u16().to_string();
     metrics::counter!("cas_http_requests_total", "route" => route, "status" => status)
         .increment(1);

@@ -14,6 +14,12 @@ pub(crate) struct Cli {
     #[arg(long, env = "CAS_LOG_FORMAT", default_value = "text", global = true)]
     pub(crate) log_format: cas_telemetry::LogFormat,
 
+    /// Also export tracing spans to this OpenTelemetry collector, over OTLP/HTTP (protobuf,
+    /// POST <endpoint>/v1/traces), e.g. http://otel-collector:4318. The service name is
+    /// `cas-<role>`. Off when unset.
+    #[arg(long, env = "CAS_OTLP_ENDPOINT", global = true)]
+    pub(crate) otlp_endpoint: Option<url::Url>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -21,7 +21,19 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cas_telemetry::init(cli.log_format);
+    let service = match &cli.command {
+        Command::Api(_) => "cas-api",
+        Command::Migrate(_) => "cas-migrate",
+        Command::Scheduler(_) => "cas-scheduler",
+        Command::Worker(_) => "cas-worker",
+        Command::Dev(_) => "cas-dev",
+    };
+    let telemetry = cas_telemetry::init(
+        service,
+        cli.log_format,
+        cli.otlp_endpoint.as_ref().map(url::Url::as_str),
+    )
+    .context("failed to set up telemetry")?;
     cas_telemetry::metrics::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "cas starting");
     let result = match cli.command {
@@ -34,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
     if let Err(err) = &result {
         tracing::error!(error = format!("{err:#}"), "cas stopped with an error");
     }
+    // Flush buffered spans, on error exits too.
+    telemetry.shutdown().await;
     result
 }
 

@@ -1,9 +1,14 @@
-//! Logging setup, Prometheus metrics and the shutdown signal shared by every role.
+//! Logging setup, optional OTLP trace export, Prometheus metrics and the shutdown signal
+//! shared by every role.
 
 pub mod metrics;
+mod otlp;
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, layer::Layered, prelude::*};
+
+pub use otlp::OtlpError;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,8 +34,47 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// What [`init`] installed; call [`Telemetry::shutdown`] before the process exits so the
+/// spans still buffered reach the collector.
+#[derive(Debug)]
+#[must_use = "call shutdown() before exiting, or buffered spans are lost"]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flush and stop the OTLP exporter (a no-op without one). Waits at most about 5 s.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.tracer_provider else {
+            return;
+        };
+        // The batch processor's thread exports on this runtime: block a pool thread, not a
+        // worker, while it does.
+        let result = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        match result {
+            Ok(Ok(())) => tracing::debug!("trace exporter flushed"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "trace exporter did not flush"),
+            Err(err) => tracing::warn!(error = %err, "trace exporter did not flush"),
+        }
+    }
+}
+
+type Filtered = Layered<EnvFilter, Registry>;
+
 /// Install the global subscriber. The filter comes from `RUST_LOG`, defaulting to `info`.
-pub fn init(format: LogFormat) {
+///
+/// With `otlp_endpoint` (e.g. `http://otel-collector:4318`), spans the filter lets through
+/// are also exported to `<endpoint>/v1/traces` (OTLP/HTTP, protobuf, batched) under the
+/// service name `service` (e.g. `cas-api`). That needs a Tokio runtime. The usual `OTEL_*`
+/// variables tune the exporter (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...).
+pub fn init(
+    service: &str,
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, OtlpError> {
+    let tracer_provider = otlp_endpoint
+        .map(|endpoint| otlp::provider(service, endpoint))
+        .transpose()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // alloy's HTTP transport puts the whole RPC URL (API keys in its path, credentials) on a
     // debug span that every event inside it repeats; never record it, whatever RUST_LOG says.
@@ -39,20 +83,27 @@ pub fn init(format: LogFormat) {
             .parse()
             .expect("a valid filter directive"),
     );
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            )
-            .try_init(),
-    };
+    let mut layers: Vec<Box<dyn Layer<Filtered> + Send + Sync>> = vec![match format {
+        LogFormat::Text => fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+    }];
+    if let Some(provider) = &tracer_provider {
+        layers.push(otlp::layer(provider).boxed());
+    }
     // A second init (tests) keeps the first subscriber.
-    let _ = result;
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init();
+    if let Some(endpoint) = otlp_endpoint {
+        let endpoint = otlp::redacted(endpoint);
+        tracing::info!(%endpoint, service, "exporting traces over OTLP/HTTP");
+    }
+    Ok(Telemetry { tracer_provider })
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C. Every long-running task watches it.
