@@ -300,7 +300,11 @@ mod tests {
         for ms in 1..=100u64 {
             record(&mut h, Duration::from_millis(ms));
         }
-        assert!((quantile_ms(&h, 0.5) - 50.0).abs() < 0.1, "{}", quantile_ms(&h, 0.5));
+        assert!(
+            (quantile_ms(&h, 0.5) - 50.0).abs() < 0.1,
+            "{}",
+            quantile_ms(&h, 0.5)
+        );
         assert!((quantile_ms(&h, 0.99) - 99.0).abs() < 0.1);
         assert!((quantile_ms(&h, 1.0) - 100.0).abs() < 0.1);
         assert_eq!(quantile_ms(&latency_histogram(), 0.99), 0.0);

@@ -28,8 +28,7 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     let status = response.status().as_u16().to_string();
-    metrics::counter!("cas_http_requests_total", "route" => route, "status" => status)
-        .increment(1);
+    metrics::counter!("cas_http_requests_total", "route" => route, "status" => status).increment(1);
     metrics::histogram!("cas_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response

@@ -250,7 +250,10 @@ impl Application {
 
 /// Serve `GET /metrics` on `listener` until `shutdown`: the metrics endpoint of the roles
 /// that have no API (scheduler, worker).
-pub async fn serve_metrics(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(http_metrics::render))
         .layer(axum::middleware::from_fn(http_metrics::track));

@@ -197,9 +197,14 @@ async fn run_with_chain(
     let (publisher, publisher_task) =
         IngestPublisher::spawn(Arc::clone(&ingest), PublisherConfig::default());
     let witnesses = ArtifactWitnesses::new(Arc::clone(&blobs), 64, 20_000);
-    let state = AppState::new(Arc::clone(&store), Arc::new(witnesses), chain_cell, settings)
-        .with_nonce_store(nonces)
-        .with_publisher(publisher);
+    let state = AppState::new(
+        Arc::clone(&store),
+        Arc::new(witnesses),
+        chain_cell,
+        settings,
+    )
+    .with_nonce_store(nonces)
+    .with_publisher(publisher);
     let app = Application::bind(args.http_addr, state)
         .await
         .with_context(|| format!("failed to listen on {}", args.http_addr))?;
@@ -319,7 +324,11 @@ async fn recover(scheduler: &cas_scheduler::Scheduler) -> anyhow::Result<()> {
         .await
         .context("resuming the work accepted before the restart")?;
     if requests > 0 || batches > 0 {
-        tracing::info!(requests, batches, "resumed work accepted before the restart");
+        tracing::info!(
+            requests,
+            batches,
+            "resumed work accepted before the restart"
+        );
     }
     Ok(())
 }
@@ -401,7 +410,14 @@ impl Anvil {
                     "anvil ({}) exited at start with {status}; its log ({}):\n{}",
                     bin.display(),
                     log_path.display(),
-                    tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                    tail.lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             match cas_chain::fetch_chain_id(&url).await {
@@ -499,9 +515,13 @@ mod tests {
     fn missing_anvil_is_explained() {
         let empty = std::env::temp_dir().join(format!("cas-no-anvil-{}", std::process::id()));
         std::fs::create_dir_all(&empty).unwrap();
-        let err = find_anvil_in(None, Some(empty.clone().into_os_string()), std::slice::from_ref(&empty))
-            .unwrap_err()
-            .to_string();
+        let err = find_anvil_in(
+            None,
+            Some(empty.clone().into_os_string()),
+            std::slice::from_ref(&empty),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("was not found"), "{err}");
         assert!(err.contains(ANVIL_NPM_PACKAGE), "{err}");
         assert!(err.contains("ANVIL_BIN"), "{err}");
@@ -516,7 +536,10 @@ mod tests {
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(find_anvil_in(None, None, std::slice::from_ref(&root)).unwrap(), bin);
+        assert_eq!(
+            find_anvil_in(None, None, std::slice::from_ref(&root)).unwrap(),
+            bin
+        );
         let dir = bin.parent().unwrap().as_os_str().to_owned();
         assert_eq!(find_anvil_in(None, Some(dir), &[]).unwrap(), bin);
         // A file that is not executable does not count.

@@ -518,7 +518,10 @@ impl Scheduler {
     }
 
     async fn redispatch_before(&self, before: chrono::DateTime<Utc>) -> anyhow::Result<usize> {
-        let stale = self.store.unanchored_batches(before, REDISPATCH_PAGE).await?;
+        let stale = self
+            .store
+            .unanchored_batches(before, REDISPATCH_PAGE)
+            .await?;
         if stale.is_empty() {
             return Ok(0);
         }

@@ -439,8 +439,7 @@ impl Worker {
         );
         metrics::counter!("cas_batches_anchored_total").increment(1);
         metrics::histogram!("cas_tree_build_seconds").record(build_ms as f64 / 1000.0);
-        metrics::histogram!("cas_batch_processing_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("cas_batch_processing_seconds").record(started.elapsed().as_secs_f64());
         Ok(BatchOutcome::Anchored {
             batch_id,
             size,

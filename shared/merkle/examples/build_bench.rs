@@ -95,7 +95,11 @@ fn main() {
     line("merkle_2^20_build_1_core", ms(seq), "ms");
     line("merkle_2^20_build_all_cores", ms(par), "ms");
     line("merkle_2^20_artifact_encode", ms(encode), "ms");
-    line("merkle_2^20_tree_and_artifact_all_cores", ms(par + encode), "ms");
+    line(
+        "merkle_2^20_tree_and_artifact_all_cores",
+        ms(par + encode),
+        "ms",
+    );
     line(
         "merkle_2^20_artifact_size",
         artifact.len() as f64 / (1024.0 * 1024.0),

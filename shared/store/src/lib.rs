@@ -35,13 +35,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use group_commit::{GroupCommitConfig, GroupCommitter};
-pub use model::{
-    AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
-    messages,
-};
 pub use journal::{
     LocalWalletLocks, MemoryTxJournal, NewTxAttempt, TxAttempt, TxJournal, TxState, WalletKey,
     WalletLock,
+};
+pub use model::{
+    AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
+    messages,
 };
 pub use nonce::{MemoryNonceStore, NonceStore};
 pub use pg::{MIGRATOR, PgStore};

@@ -12,13 +12,22 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Buckets for durations, in seconds: 1 ms to 2 min.
 const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Buckets for batch sizes: powers of four up to 2^20.
 const SIZES: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0,
+    1.0,
+    4.0,
+    16.0,
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
 ];
 
 /// Install the process-wide recorder (idempotent) and describe the service's metrics.
@@ -26,7 +35,9 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("cas_batch_size".to_owned()), SIZES))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("cas_batch_size".to_owned()), SIZES)
+            })
             .expect("bucket lists are not empty")
             .install_recorder()
             .unwrap_or_else(|_| {
@@ -66,10 +77,19 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency, by route"
     );
-    describe_counter!("cas_requests_created_total", "Anchor requests accepted as new");
-    describe_counter!("cas_batches_closed_total", "Batches closed by the scheduler");
+    describe_counter!(
+        "cas_requests_created_total",
+        "Anchor requests accepted as new"
+    );
+    describe_counter!(
+        "cas_batches_closed_total",
+        "Batches closed by the scheduler"
+    );
     describe_histogram!("cas_batch_size", Unit::Count, "Requests per closed batch");
-    describe_counter!("cas_batches_anchored_total", "Batches anchored by the worker");
+    describe_counter!(
+        "cas_batches_anchored_total",
+        "Batches anchored by the worker"
+    );
     describe_histogram!(
         "cas_tree_build_seconds",
         Unit::Seconds,
@@ -113,7 +133,10 @@ mod tests {
         metrics::counter!("cas_test_counter_total", "kind" => "x").increment(3);
         metrics::histogram!("cas_test_latency_seconds").record(0.02);
         let text = super::render();
-        assert!(text.contains("cas_test_counter_total{kind=\"x\"} 3"), "{text}");
+        assert!(
+            text.contains("cas_test_counter_total{kind=\"x\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains("cas_test_latency_seconds_bucket{le=\"0.025\"} 1"),
             "histograms have buckets: {text}"
