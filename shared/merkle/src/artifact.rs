@@ -309,23 +309,9 @@ impl ArtifactIndex {
         lo: u64,
         hi: u64,
     ) -> Result<Vec<Cid>, ArtifactError> {
-        let slot = 1 + self.leaf_width;
-        let bytes = source
-            .read_range(self.leaves_offset + lo * slot..self.leaves_offset + hi * slot)
-            .await?;
-        if bytes.len() as u64 != (hi - lo) * slot {
-            return Err(corrupt("truncated leaf section"));
-        }
-        bytes
-            .chunks_exact(slot as usize)
-            .map(|s| {
-                let len = s[0] as usize;
-                if len == 0 || len > self.leaf_width as usize {
-                    return Err(corrupt("bad leaf length"));
-                }
-                Cid::read_bytes(Cursor::new(&s[1..=len]))
-                    .map_err(|e| corrupt(format!("leaf cid: {e}")))
-            })
+        let slots = self.read_leaf_slots(source, lo, hi).await?;
+        (0..(hi - lo) as usize)
+            .map(|i| self.leaf_in(&slots, i))
             .collect()
     }
 
