@@ -1,7 +1,6 @@
 //! The store conformance suite and group commit, against the embedded SQLite store.
 
 use std::{
-    collections::HashSet,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -97,96 +96,24 @@ async fn unmigrated_database_is_reported() {
 #[tokio::test]
 async fn group_commit_coalesces_concurrent_inserts() {
     let (_dir, db) = fresh_store().await;
-    let store: Arc<dyn RequestStore> = Arc::new(db.clone());
-    let committer = GroupCommitter::spawn(
-        Arc::clone(&store),
-        GroupCommitConfig {
-            max_batch: 64,
-            workers: 2,
-            queue_capacity: 4096,
-        },
-    );
-    let requests: Vec<_> = (0..500)
-        .map(|i| testsuite::new_request(&format!("gc{i}")))
-        .collect();
-    let mut tasks = Vec::new();
-    for r in requests.clone() {
-        let c = committer.clone();
-        tasks.push(tokio::spawn(async move { c.submit(r).await }));
-    }
-    let mut created = 0;
-    for t in tasks {
-        if let InsertOutcome::Created(_) = t.await.unwrap().unwrap() {
-            created += 1;
-        }
-    }
-    assert_eq!(created, 500);
+    testsuite::group_commit_coalesces_concurrent_inserts(Arc::new(db.clone())).await;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM request")
         .fetch_one(db.pool())
         .await
         .unwrap();
     assert_eq!(count, 500);
-    for r in requests.iter().step_by(50) {
-        assert_eq!(store.get_request(&r.cid).await.unwrap().unwrap().id, r.id);
-    }
 }
 
 #[tokio::test]
 async fn group_commit_creates_a_cid_once_under_concurrency() {
     let (_dir, db) = fresh_store().await;
-    let store: Arc<dyn RequestStore> = Arc::new(db);
-    let committer = GroupCommitter::spawn(store, GroupCommitConfig::default());
-    let base = testsuite::new_request("same");
-    let mut tasks = Vec::new();
-    for i in 0..100 {
-        let mut r = testsuite::new_request(&format!("same{i}"));
-        r.cid = base.cid.clone();
-        let c = committer.clone();
-        tasks.push(tokio::spawn(async move { c.submit(r).await }));
-    }
-    let mut created = 0;
-    let mut ids = HashSet::new();
-    for t in tasks {
-        let outcome = t.await.unwrap().unwrap();
-        if matches!(outcome, InsertOutcome::Created(_)) {
-            created += 1;
-        }
-        ids.insert(outcome.record().id);
-    }
-    assert_eq!(created, 1, "exactly one submission creates the row");
-    assert_eq!(ids.len(), 1, "everyone sees the same request");
+    testsuite::group_commit_creates_a_cid_once(Arc::new(db)).await;
 }
 
 #[tokio::test]
 async fn group_commit_sheds_load_when_its_queue_is_full() {
     let (_dir, db) = fresh_store().await;
-    let store: Arc<dyn RequestStore> = Arc::new(db);
-    let committer = GroupCommitter::spawn(
-        store,
-        GroupCommitConfig {
-            max_batch: 1,
-            workers: 1,
-            queue_capacity: 1,
-        },
-    );
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let c = committer.clone();
-        let r = testsuite::new_request(&format!("shed{i}"));
-        tasks.push(tokio::spawn(async move { c.submit(r).await }));
-    }
-    let (mut ok, mut shed) = (0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(e) => {
-                assert!(e.is_retryable(), "{e}");
-                shed += 1;
-            }
-        }
-    }
-    assert!(ok >= 1, "some requests get through");
-    assert!(shed >= 1, "some requests are shed");
+    testsuite::group_commit_sheds_load_when_its_queue_is_full(Arc::new(db)).await;
 }
 
 /// Every kind of write at once (group-committed inserts, batches, anchors, replacements,
