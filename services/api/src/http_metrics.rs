@@ -19,7 +19,9 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| route_label(p.as_str()));
-    let span = tracing::info_span!(
+    // DEBUG: exported as a trace when OTLP is on, kept out of the logs unless RUST_LOG asks
+    // (see cas_telemetry::init).
+    let span = tracing::debug_span!(
         "http.request",
         http.request.method = %request.method(),
         http.route = route,

@@ -6,7 +6,7 @@ mod otlp;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, layer::Layered, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, prelude::*};
 
 pub use otlp::OtlpError;
 
@@ -59,14 +59,31 @@ impl Telemetry {
     }
 }
 
-type Filtered = Layered<EnvFilter, Registry>;
+/// The filter of every layer: `RUST_LOG`, defaulting to `info`.
+fn log_filter() -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // alloy's HTTP transport puts the whole RPC URL (API keys in its path, credentials) on a
+    // debug span that every event inside it repeats; never record it, whatever RUST_LOG says.
+    filter.add_directive(
+        "alloy_transport_http=info"
+            .parse()
+            .expect("a valid filter directive"),
+    )
+}
+
+/// Where the API's per-request span (`http.request`, level DEBUG) is created. The trace
+/// exporter always takes it; the log output only when `RUST_LOG` asks for it, because
+/// formatting a span's fields for the logs on every request costs a measurable share of
+/// the API's CPU.
+const REQUEST_SPAN_TARGET: &str = "cas_api::http_metrics";
 
 /// Install the global subscriber. The filter comes from `RUST_LOG`, defaulting to `info`.
 ///
 /// With `otlp_endpoint` (e.g. `http://otel-collector:4318`), spans the filter lets through
-/// are also exported to `<endpoint>/v1/traces` (OTLP/HTTP, protobuf, batched) under the
-/// service name `service` (e.g. `cas-api`). That needs a Tokio runtime. The usual `OTEL_*`
-/// variables tune the exporter (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...).
+/// (and the API's per-request spans) are also exported to `<endpoint>/v1/traces`
+/// (OTLP/HTTP, protobuf, batched) under the service name `service` (e.g. `cas-api`). That
+/// needs a Tokio runtime. The usual `OTEL_*` variables tune the exporter
+/// (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...).
 pub fn init(
     service: &str,
     format: LogFormat,
@@ -75,30 +92,26 @@ pub fn init(
     let tracer_provider = otlp_endpoint
         .map(|endpoint| otlp::provider(service, endpoint))
         .transpose()?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // alloy's HTTP transport puts the whole RPC URL (API keys in its path, credentials) on a
-    // debug span that every event inside it repeats; never record it, whatever RUST_LOG says.
-    let filter = filter.add_directive(
-        "alloy_transport_http=info"
-            .parse()
-            .expect("a valid filter directive"),
-    );
-    let mut layers: Vec<Box<dyn Layer<Filtered> + Send + Sync>> = vec![match format {
+    let output = match format {
         LogFormat::Text => fmt::layer().with_target(false).boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .boxed(),
-    }];
+    };
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        vec![output.with_filter(log_filter()).boxed()];
     if let Some(provider) = &tracer_provider {
-        layers.push(otlp::layer(provider).boxed());
+        let filter = log_filter().add_directive(
+            format!("{REQUEST_SPAN_TARGET}=debug")
+                .parse()
+                .expect("a valid filter directive"),
+        );
+        layers.push(otlp::layer(provider).with_filter(filter).boxed());
     }
     // A second init (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(layers)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
     if let Some(endpoint) = otlp_endpoint {
         let endpoint = otlp::redacted(endpoint);
         tracing::info!(%endpoint, service, "exporting traces over OTLP/HTTP");
