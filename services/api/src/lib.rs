@@ -33,7 +33,7 @@ use std::{
 
 use async_trait::async_trait;
 use cas_store::{
-    GroupCommitConfig, GroupCommitter, MemoryNonceStore, NonceStore, RequestRecord, RequestStore,
+    GroupCommitConfig, GroupCommitter, GroupReader, MemoryNonceStore, NonceStore, RequestRecord, RequestStore,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +89,9 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Group-commit tuning of the ingest path.
     pub group_commit: GroupCommitConfig,
+    /// Grouping of status reads that miss the answer cache: concurrent lookups by CID
+    /// become one query.
+    pub group_read: GroupCommitConfig,
     /// Final answers (COMPLETED with witness, REPLACED) kept serialized in memory; they never
     /// change, so repeated polls skip the database. About 3.5 KB each.
     pub answer_cache: usize,
@@ -112,6 +115,11 @@ impl Default for ApiSettings {
             car_body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             group_commit: GroupCommitConfig::default(),
+            group_read: GroupCommitConfig {
+                max_batch: 256,
+                workers: 2,
+                queue_capacity: 65_536,
+            },
             answer_cache: 20_000,
             auth: AuthSettings::default(),
             ip_rate: RateLimit {
@@ -128,11 +136,26 @@ impl Default for ApiSettings {
     }
 }
 
-/// Shared state of the handlers.
+/// Shared state of the handlers. Axum clones it for every request, so it is one `Arc`.
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<AppInner>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.inner
+    }
+}
+
+/// What [`AppState`] shares.
+#[derive(Clone)]
+pub struct AppInner {
     pub(crate) store: Arc<dyn RequestStore>,
     pub(crate) ingest: GroupCommitter,
+    pub(crate) reads: GroupReader,
     pub(crate) witnesses: Arc<dyn WitnessSource>,
     pub(crate) chain_id: ChainIdCell,
     pub(crate) settings: Arc<ApiSettings>,
@@ -154,18 +177,20 @@ impl AppState {
         settings: ApiSettings,
     ) -> Self {
         let ingest = GroupCommitter::spawn(Arc::clone(&store), settings.group_commit);
+        let reads = GroupReader::spawn(Arc::clone(&store), settings.group_read);
         let ip_limiter =
             limits::RateLimiter::new(settings.ip_rate, settings.rate_limit_keys).map(Arc::new);
         let auth = Arc::new(Self::authenticator(
             &settings,
             Arc::new(MemoryNonceStore::default()),
         ));
-        Self {
+        let inner = AppInner {
             auth_settings: Arc::new(settings.auth.clone()),
             auth,
             ip_limiter,
             store,
             ingest,
+            reads,
             witnesses,
             chain_id,
             answers: Arc::new(std::sync::Mutex::new(witness::BoundedCache::new(
@@ -173,12 +198,16 @@ impl AppState {
             ))),
             settings: Arc::new(settings),
             publisher: None,
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     /// Remember used nonces in `nonces` (a store shared by every API instance).
     pub fn with_nonce_store(mut self, nonces: Arc<dyn NonceStore>) -> Self {
-        self.auth = Arc::new(Self::authenticator(&self.settings, nonces));
+        let auth = Arc::new(Self::authenticator(&self.settings, nonces));
+        Arc::make_mut(&mut self.inner).auth = auth;
         self
     }
 
@@ -192,7 +221,7 @@ impl AppState {
 
     /// Publish every newly created request to the ingest queues through `publisher`.
     pub fn with_publisher(mut self, publisher: IngestPublisher) -> Self {
-        self.publisher = Some(publisher);
+        Arc::make_mut(&mut self.inner).publisher = Some(publisher);
         self
     }
 }
