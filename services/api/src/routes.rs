@@ -237,8 +237,8 @@ async fn get_request(
         return Ok(json_bytes(StatusCode::OK, body));
     }
     let record = state
-        .store
-        .get_request(&cid)
+        .reads
+        .get(cid.clone())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Request does not exist for cid {cid}")))?;
     let presentation = present(&state, &record).await?;

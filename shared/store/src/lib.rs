@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use group_commit::{GroupCommitConfig, GroupCommitter};
+pub use group_commit::{GroupCommitConfig, GroupCommitter, GroupReader};
 pub use journal::{
     LocalWalletLocks, MemoryTxJournal, NewTxAttempt, TxAttempt, TxJournal, TxState, WalletKey,
     WalletLock,
@@ -120,6 +120,10 @@ pub trait RequestStore: Send + Sync + 'static {
 
     /// The request whose anchored CID has this canonical string, with its anchor if any.
     async fn get_request(&self, cid: &str) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// The stored requests among `cids`, each as [`RequestStore::get_request`] answers it,
+    /// in any order; CIDs not stored are left out.
+    async fn get_requests(&self, cids: &[String]) -> Result<Vec<RequestRecord>, StoreError>;
 
     /// The subset of `ids` that are PENDING and in no batch (what a new batch may take).
     async fn unbatched_pending(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;

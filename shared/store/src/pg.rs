@@ -230,6 +230,17 @@ impl RequestStore for PgStore {
         row.as_ref().map(record_from_row).transpose()
     }
 
+    async fn get_requests(&self, cids: &[String]) -> Result<Vec<RequestRecord>, StoreError> {
+        if cids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(const_format_select_any())
+            .bind(cids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     async fn unbatched_pending(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());

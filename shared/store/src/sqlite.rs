@@ -543,6 +543,14 @@ impl RequestStore for SqliteStore {
         row.as_ref().map(record_from_row).transpose()
     }
 
+    async fn get_requests(&self, cids: &[String]) -> Result<Vec<RequestRecord>, StoreError> {
+        let cids: Vec<&str> = cids.iter().map(String::as_str).collect();
+        let mut found = HashMap::with_capacity(cids.len());
+        let mut conn = self.reader.acquire().await.map_err(sqlite_error)?;
+        find_requests(&mut conn, &cids, &mut found).await?;
+        Ok(found.into_values().collect())
+    }
+
     async fn unbatched_pending(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
         let mut found = Vec::new();
         for chunk in ids.chunks(CHUNK) {

@@ -34,6 +34,7 @@ pub async fn run_all(store: &dyn RequestStore) {
     insert_is_idempotent(store).await;
     duplicates_in_one_call(store).await;
     missing_request_is_none(store).await;
+    many_reads_in_one_call(store).await;
     batches_complete_their_members(store).await;
     a_request_joins_one_batch_only(store).await;
     replacement_touches_only_unbatched_pending(store).await;
@@ -41,6 +42,24 @@ pub async fn run_all(store: &dyn RequestStore) {
     sweeper_scan_and_checkpoints(store).await;
     batch_locks_are_exclusive(store).await;
     store.ping().await.expect("ping");
+}
+
+/// `get_requests` answers the stored requests among the CIDs asked for, as `get_request`
+/// does, and leaves the unknown ones out.
+pub async fn many_reads_in_one_call(store: &dyn RequestStore) {
+    assert!(store.get_requests(&[]).await.unwrap().is_empty());
+    let requests: Vec<_> = (0..3).map(|i| new_request(&format!("many{i}"))).collect();
+    store.insert_requests(&requests).await.unwrap();
+    let mut asked: Vec<String> = requests.iter().map(|r| r.cid.clone()).collect();
+    asked.push("bafy-never-stored".to_owned());
+    let mut found = store.get_requests(&asked).await.unwrap();
+    found.sort_by(|a, b| a.cid.cmp(&b.cid));
+    let mut expected = Vec::new();
+    for r in &requests {
+        expected.push(store.get_request(&r.cid).await.unwrap().expect("stored"));
+    }
+    expected.sort_by(|a, b| a.cid.cmp(&b.cid));
+    assert_eq!(found, expected);
 }
 
 /// A created request reads back exactly, as PENDING.
@@ -453,4 +472,37 @@ pub async fn group_commit_sheds_load_when_its_queue_is_full(
     assert!(ok >= 1, "some requests get through");
     assert!(shed >= 1, "some requests are shed");
     assert_eq!(ok + shed, 200);
+}
+
+/// Grouped reads: 300 concurrent lookups (stored CIDs, a CID asked for many times, unknown
+/// CIDs) each get the answer `get_request` gives.
+pub async fn group_reads_answer_every_caller(store: std::sync::Arc<dyn RequestStore>) {
+    let reader = crate::GroupReader::spawn(
+        std::sync::Arc::clone(&store),
+        crate::GroupCommitConfig {
+            max_batch: 32,
+            workers: 2,
+            queue_capacity: 4096,
+        },
+    );
+    let requests: Vec<_> = (0..100).map(|i| new_request(&format!("gr{i}"))).collect();
+    store.insert_requests(&requests).await.unwrap();
+    let mut asked: Vec<String> = requests.iter().map(|r| r.cid.clone()).collect();
+    asked.extend(std::iter::repeat_n(requests[7].cid.clone(), 100));
+    asked.extend((0..100).map(|i| format!("bafy-unknown-{i}")));
+    let mut tasks = Vec::new();
+    for cid in asked {
+        let reader = reader.clone();
+        tasks.push(tokio::spawn(async move {
+            let got = reader.get(cid.clone()).await;
+            (cid, got)
+        }));
+    }
+    for t in tasks {
+        let (cid, got) = t.await.unwrap();
+        let got = got.unwrap();
+        let expected = store.get_request(&cid).await.unwrap();
+        assert_eq!(got, expected, "{cid}");
+        assert_eq!(got.is_some(), !cid.starts_with("bafy-unknown"), "{cid}");
+    }
 }

@@ -41,6 +41,12 @@ async fn group_commit_creates_a_cid_once_under_concurrency() {
 }
 
 #[tokio::test]
+async fn group_reads_answer_every_caller() {
+    let db = TestDb::new().await.unwrap();
+    testsuite::group_reads_answer_every_caller(Arc::new(db.store.clone())).await;
+}
+
+#[tokio::test]
 async fn group_commit_sheds_load_when_its_queue_is_full() {
     let db = TestDb::new().await.unwrap();
     testsuite::group_commit_sheds_load_when_its_queue_is_full(Arc::new(db.store.clone())).await;

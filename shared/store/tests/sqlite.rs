@@ -111,6 +111,12 @@ async fn group_commit_creates_a_cid_once_under_concurrency() {
 }
 
 #[tokio::test]
+async fn group_reads_answer_every_caller() {
+    let (_dir, db) = fresh_store().await;
+    testsuite::group_reads_answer_every_caller(Arc::new(db)).await;
+}
+
+#[tokio::test]
 async fn group_commit_sheds_load_when_its_queue_is_full() {
     let (_dir, db) = fresh_store().await;
     testsuite::group_commit_sheds_load_when_its_queue_is_full(Arc::new(db)).await;
