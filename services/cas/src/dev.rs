@@ -158,6 +158,7 @@ async fn run_with_chain(
         flush_interval: None,
         visibility: Duration::from_secs(15 * 60),
         receive_wait: Duration::from_millis(200),
+        receive_interval: Duration::from_millis(100),
         sweep_age: (args.batch_linger * 4).max(Duration::from_secs(30)),
         sweep_interval: Duration::from_secs(15),
         redispatch_after: Duration::from_secs(5 * 60),

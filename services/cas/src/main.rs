@@ -188,6 +188,7 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         flush_interval: args.batch_flush_interval,
         visibility: args.ingest_visibility,
         receive_wait: Duration::from_secs(1),
+        receive_interval: Duration::from_millis(500),
         sweep_age: args.sweep_age,
         sweep_interval: args.sweep_interval,
         redispatch_after: args.redispatch_after,

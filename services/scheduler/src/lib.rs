@@ -30,6 +30,9 @@ use cas_core::pipeline::{
     BatchMessage, IngestEntry, batch_file_key, encode_batch_file, pack_ingest, parse_ingest,
 };
 use cas_queue::{MAX_BATCH, MAX_MESSAGE_BYTES, Queue};
+
+/// Most messages one receive asks for: [`MAX_BATCH`] from each of ten ingest queues.
+const RECEIVE_MAX: usize = MAX_BATCH * 10;
 use cas_store::{NewBatch, RequestStore};
 use chrono::Utc;
 use cid::Cid;
@@ -59,6 +62,11 @@ pub struct SchedulerConfig {
     pub visibility: Duration,
     /// Long-poll time of one receive.
     pub receive_wait: Duration,
+    /// Shortest time between two receives that both bring messages. Each receive asks
+    /// every ingest queue once and takes all they hold, so under load one round per
+    /// interval keeps up (up to 100 packed messages a round) while the number of queue
+    /// calls stays flat instead of growing with the publish rate.
+    pub receive_interval: Duration,
     /// Requests unbatched for longer than this are re-published by the sweeper. Must exceed
     /// `linger`.
     pub sweep_age: Duration,
@@ -76,6 +84,7 @@ impl Default for SchedulerConfig {
             flush_interval: None,
             visibility: Duration::from_secs(15 * 60),
             receive_wait: Duration::from_secs(1),
+            receive_interval: Duration::from_millis(500),
             sweep_age: Duration::from_secs(10 * 60),
             sweep_interval: Duration::from_secs(60),
             redispatch_after: Duration::from_secs(30 * 60),
@@ -176,17 +185,29 @@ impl Scheduler {
             linger_ms = self.config.linger.as_millis() as u64,
             "scheduler running"
         );
+        let mut last_delivery: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             if self.pending.len() < self.config.batch_max {
+                if let Some(at) = last_delivery {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep_until((at + self.config.receive_interval).into()) => {}
+                    }
+                }
                 let received = tokio::select! {
                     () = shutdown.cancelled() => break,
                     r = self.receive_once() => r,
                 };
-                if let Err(err) = received {
-                    tracing::warn!(error = %err, "receiving ingest messages failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                match received {
+                    Ok(0) => last_delivery = None,
+                    Ok(_) => last_delivery = Some(Instant::now()),
+                    Err(err) => {
+                        last_delivery = None;
+                        tracing::warn!(error = %err, "receiving ingest messages failed");
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                     }
                 }
             }
@@ -262,7 +283,11 @@ impl Scheduler {
     pub async fn receive_once(&mut self) -> anyhow::Result<usize> {
         let messages = self
             .ingest
-            .receive(MAX_BATCH, self.config.visibility, self.config.receive_wait)
+            .receive(
+                RECEIVE_MAX,
+                self.config.visibility,
+                self.config.receive_wait,
+            )
             .await?;
         let count = messages.len();
         let mut garbage = Vec::new();

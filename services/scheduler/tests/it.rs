@@ -202,6 +202,7 @@ fn config(batch_max: usize) -> SchedulerConfig {
         flush_interval: None,
         visibility: Duration::from_secs(30),
         receive_wait: Duration::from_secs(1),
+        receive_interval: Duration::from_millis(100),
         sweep_age: Duration::from_secs(60),
         sweep_interval: Duration::from_secs(1),
         redispatch_after: Duration::from_secs(60),

@@ -22,9 +22,10 @@ pub const DEFAULT_POLL_SLICE: Duration = Duration::from_secs(1);
 ///
 /// - `send` goes to the queues in turn; `send_many` sends each chunk of up to
 ///   [`MAX_BATCH`] messages to the next queue.
-/// - `receive` starts at a rotating queue and returns the messages of the first queue that
-///   has any. It first asks every queue without waiting; if all are empty and `wait` is
-///   not over, it long-polls one queue after the other, each for at most the poll slice
+/// - `receive` first asks every queue at once without waiting, each for an equal share of
+///   `max` (queues whose share is zero are skipped, starting at a rotating queue), and
+///   returns everything that came. If all are empty and `wait` is not over, it long-polls
+///   one queue after the other, each for at most the poll slice
 ///   ([`DEFAULT_POLL_SLICE`] unless changed), until a message comes or `wait` is over. A
 ///   message that arrives during the wait is therefore seen after at most about
 ///   N × slice.
@@ -140,14 +141,35 @@ impl Queue for MultiQueue {
         let deadline = Instant::now() + wait;
         let start = self.next(&self.next_receive);
         let n = self.queues.len();
-        for i in 0..n {
+        // Ask every queue at once without waiting, each for its share of `max`, and return
+        // all that came: one round of calls drains every queue, instead of one call per
+        // queue until one has something.
+        let asks = (0..n).filter_map(|i| {
+            let share = max / n + usize::from(i < max % n);
             let index = (start + i) % n;
-            let messages = self.queues[index]
-                .receive(max, visibility, Duration::ZERO)
-                .await?;
-            if !messages.is_empty() {
-                return Ok(Self::tag(index, messages));
+            (share > 0).then(|| async move {
+                let got = self.queues[index]
+                    .receive(share, visibility, Duration::ZERO)
+                    .await;
+                (index, got)
+            })
+        });
+        let mut found = Vec::new();
+        let mut first_error = None;
+        for (index, got) in futures::future::join_all(asks).await {
+            match got {
+                Ok(messages) => found.extend(Self::tag(index, messages)),
+                Err(err) => {
+                    tracing::warn!(queue = index, error = %err, "receiving from one ingest queue failed");
+                    first_error.get_or_insert(err);
+                }
             }
+        }
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        if let Some(err) = first_error {
+            return Err(err);
         }
         let mut i = 0;
         loop {

@@ -120,6 +120,50 @@ async fn multi_queue_spreads_messages_round_robin() {
 }
 
 #[tokio::test]
+async fn multi_queue_receive_drains_every_queue_in_one_round() {
+    let inner: Vec<Arc<MemoryQueue>> = (0..3).map(|_| Arc::new(MemoryQueue::new())).collect();
+    let multi = MultiQueue::new(
+        inner
+            .iter()
+            .map(|q| Arc::clone(q) as Arc<dyn Queue>)
+            .collect(),
+    );
+    for (i, q) in inner.iter().enumerate() {
+        for j in 0..4 {
+            q.send(format!("queue {i} message {j}"))
+                .await
+                .expect("send");
+        }
+    }
+    // A share of 3 per queue: three from each, in one call.
+    let got = multi
+        .receive(9, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 9);
+    for i in 0..3 {
+        let from_queue = got
+            .iter()
+            .filter(|m| m.receipt.0.starts_with(&format!("{i}/")))
+            .count();
+        assert_eq!(from_queue, 3, "queue {i}");
+        assert!(
+            got.iter()
+                .filter(|m| m.body.starts_with(&format!("queue {i} ")))
+                .count()
+                == 3
+        );
+    }
+    // What is left comes with the next round; a small `max` asks only some queues.
+    let rest = multi
+        .receive(2, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .expect("receive");
+    assert_eq!(rest.len(), 2);
+    assert_eq!(multi.approximate_depth().await.expect("depth"), 12);
+}
+
+#[tokio::test]
 async fn multi_queue_receives_from_every_queue() {
     let inner: Vec<Arc<MemoryQueue>> = (0..3).map(|_| Arc::new(MemoryQueue::new())).collect();
     let multi = MultiQueue::new(
