@@ -33,7 +33,8 @@ use std::{
 
 use async_trait::async_trait;
 use cas_store::{
-    GroupCommitConfig, GroupCommitter, GroupReader, MemoryNonceStore, NonceStore, RequestRecord, RequestStore,
+    GroupCommitConfig, GroupCommitter, GroupReader, MemoryNonceStore, NonceStore, RequestRecord,
+    RequestStore,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
