@@ -68,19 +68,21 @@ struct BlobRange<'a> {
 }
 
 impl RangeRead for BlobRange<'_> {
-    async fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, ArtifactError> {
+    type Bytes = Bytes;
+
+    async fn read_range(&self, range: Range<u64>) -> Result<Bytes, ArtifactError> {
         let cache_key = (self.key.clone(), range.start, range.end);
         if let Ok(cache) = self.cache.lock()
             && let Some(hit) = cache.get(&cache_key)
         {
-            return Ok(hit.to_vec());
+            return Ok(hit);
         }
         match self.blobs.get_range(&self.key, range).await {
             Ok(Some(bytes)) => {
                 if let Ok(mut cache) = self.cache.lock() {
                     cache.insert(cache_key, bytes.clone());
                 }
-                Ok(bytes.to_vec())
+                Ok(bytes)
             }
             Ok(None) => Err(ArtifactError::Read(format!(
                 "tree artifact {} is missing",

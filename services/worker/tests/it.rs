@@ -230,9 +230,11 @@ struct BlobRange<'a> {
 }
 
 impl RangeRead for BlobRange<'_> {
-    async fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, ArtifactError> {
+    type Bytes = bytes::Bytes;
+
+    async fn read_range(&self, range: Range<u64>) -> Result<bytes::Bytes, ArtifactError> {
         match self.blobs.get_range(&self.key, range).await {
-            Ok(Some(bytes)) => Ok(bytes.to_vec()),
+            Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err(ArtifactError::Read("artifact missing".into())),
             Err(e) => Err(ArtifactError::Read(e.to_string())),
         }

@@ -76,14 +76,19 @@ pub enum ArtifactError {
 
 /// Random access to the bytes of one artifact (a blob store object, a file, memory).
 pub trait RangeRead: Sync {
+    /// What a read gives: owned bytes, or a shared handle to cached ones (no copy).
+    type Bytes: AsRef<[u8]> + Send;
+
     /// The bytes of `range`, clipped at the end of the artifact.
     fn read_range(
         &self,
         range: ByteRange<u64>,
-    ) -> impl Future<Output = Result<Vec<u8>, ArtifactError>> + Send;
+    ) -> impl Future<Output = Result<Self::Bytes, ArtifactError>> + Send;
 }
 
 impl RangeRead for [u8] {
+    type Bytes = Vec<u8>;
+
     async fn read_range(&self, range: ByteRange<u64>) -> Result<Vec<u8>, ArtifactError> {
         let len = self.len() as u64;
         let start = range.start.min(len) as usize;
@@ -93,6 +98,8 @@ impl RangeRead for [u8] {
 }
 
 impl RangeRead for Vec<u8> {
+    type Bytes = Vec<u8>;
+
     async fn read_range(&self, range: ByteRange<u64>) -> Result<Vec<u8>, ArtifactError> {
         self.as_slice().read_range(range).await
     }
@@ -211,17 +218,18 @@ impl ArtifactIndex {
     /// Read the header, the proof and the top section (two or three ranged reads).
     pub async fn load(source: &(impl RangeRead + ?Sized)) -> Result<Self, ArtifactError> {
         let head = source.read_range(0..4096).await?;
+        let head = head.as_ref();
         if head.len() < HEADER_LEN || &head[..8] != MAGIC {
             return Err(corrupt("bad magic or short header"));
         }
-        let leaf_count = u64_at(&head, 8);
-        let leaf_width = u64::from(u32_at(&head, 16));
-        let chunk_leaves = u64::from(u32_at(&head, 20));
-        let top_count = u64::from(u32_at(&head, 24));
-        let proof_len = u32_at(&head, 28) as usize;
-        let leaves_offset = u64_at(&head, 32);
-        let nodes_offset = u64_at(&head, 40);
-        let top_offset = u64_at(&head, 48);
+        let leaf_count = u64_at(head, 8);
+        let leaf_width = u64::from(u32_at(head, 16));
+        let chunk_leaves = u64::from(u32_at(head, 20));
+        let top_count = u64::from(u32_at(head, 24));
+        let proof_len = u32_at(head, 28) as usize;
+        let leaves_offset = u64_at(head, 32);
+        let nodes_offset = u64_at(head, 40);
+        let top_offset = u64_at(head, 48);
         let node_count = if leaf_count == 1 {
             1
         } else {
@@ -249,6 +257,8 @@ impl ArtifactIndex {
             source
                 .read_range(HEADER_LEN as u64..(HEADER_LEN + proof_len) as u64)
                 .await?
+                .as_ref()
+                .to_vec()
         };
         if proof_bytes.len() != proof_len {
             return Err(corrupt("truncated proof"));
@@ -259,7 +269,11 @@ impl ArtifactIndex {
         let top_bytes = if top_len == 0 {
             Vec::new()
         } else {
-            source.read_range(top_offset..top_offset + top_len).await?
+            source
+                .read_range(top_offset..top_offset + top_len)
+                .await?
+                .as_ref()
+                .to_vec()
         };
         if top_bytes.len() as u64 != top_len {
             return Err(corrupt("truncated top section"));
@@ -311,22 +325,22 @@ impl ArtifactIndex {
     ) -> Result<Vec<Cid>, ArtifactError> {
         let slots = self.read_leaf_slots(source, lo, hi).await?;
         (0..(hi - lo) as usize)
-            .map(|i| self.leaf_in(&slots, i))
+            .map(|i| self.leaf_in(slots.as_ref(), i))
             .collect()
     }
 
     /// The raw leaf slots `[lo, hi)`; parse one with [`Self::leaf_in`].
-    async fn read_leaf_slots(
+    async fn read_leaf_slots<R: RangeRead + ?Sized>(
         &self,
-        source: &(impl RangeRead + ?Sized),
+        source: &R,
         lo: u64,
         hi: u64,
-    ) -> Result<Vec<u8>, ArtifactError> {
+    ) -> Result<R::Bytes, ArtifactError> {
         let slot = 1 + self.leaf_width;
         let bytes = source
             .read_range(self.leaves_offset + lo * slot..self.leaves_offset + hi * slot)
             .await?;
-        if bytes.len() as u64 != (hi - lo) * slot {
+        if bytes.as_ref().len() as u64 != (hi - lo) * slot {
             return Err(corrupt("truncated leaf section"));
         }
         Ok(bytes)
@@ -346,15 +360,15 @@ impl ArtifactIndex {
     }
 
     /// The raw digests of nodes `[first, first + count)` in post-order.
-    async fn read_node_bytes(
+    async fn read_node_bytes<R: RangeRead + ?Sized>(
         &self,
-        source: &(impl RangeRead + ?Sized),
+        source: &R,
         first: u64,
         count: u64,
-    ) -> Result<Vec<u8>, ArtifactError> {
+    ) -> Result<R::Bytes, ArtifactError> {
         let start = self.nodes_offset + first * 32;
         let bytes = source.read_range(start..start + count * 32).await?;
-        if bytes.len() as u64 != count * 32 {
+        if bytes.as_ref().len() as u64 != count * 32 {
             return Err(corrupt("truncated node section"));
         }
         Ok(bytes)
@@ -368,6 +382,7 @@ impl ArtifactIndex {
     ) -> Result<Vec<[u8; 32]>, ArtifactError> {
         let start = self.nodes_offset + first * 32;
         let bytes = source.read_range(start..start + count * 32).await?;
+        let bytes = bytes.as_ref();
         if bytes.len() as u64 != count * 32 {
             return Err(corrupt("truncated node section"));
         }
@@ -429,11 +444,15 @@ impl ArtifactIndex {
                 .read_leaf_slots(source, r.lo as u64, r.hi as u64)
                 .await?;
             let node_bytes = if r.len() >= 2 {
-                self.read_node_bytes(source, r.base as u64, (r.len() - 1) as u64)
-                    .await?
+                Some(
+                    self.read_node_bytes(source, r.base as u64, (r.len() - 1) as u64)
+                        .await?,
+                )
             } else {
-                Vec::new()
+                None
             };
+            let node_bytes: &[u8] = node_bytes.as_ref().map_or(&[], AsRef::as_ref);
+            let slots: &[u8] = slots.as_ref();
             let (lo, base) = (r.lo, r.base);
             let node_at = |i: usize| -> [u8; 32] {
                 let mut d = [0u8; 32];
@@ -444,14 +463,14 @@ impl ArtifactIndex {
                 let (left, right) = (r.left(), r.right());
                 let (left_cid, right_cid, left_digest, right_digest);
                 let left_child = if left.len() == 1 {
-                    left_cid = self.leaf_in(&slots, left.lo - lo)?;
+                    left_cid = self.leaf_in(slots, left.lo - lo)?;
                     Child::Leaf(&left_cid)
                 } else {
                     left_digest = node_at(left.own() - base);
                     Child::Node(&left_digest)
                 };
                 let right_child = if right.len() == 1 {
-                    right_cid = self.leaf_in(&slots, right.lo - lo)?;
+                    right_cid = self.leaf_in(slots, right.lo - lo)?;
                     Child::Leaf(&right_cid)
                 } else {
                     right_digest = node_at(right.own() - base);
@@ -465,7 +484,7 @@ impl ArtifactIndex {
                 bits.push(u8::from(go_right));
                 r = if go_right { right } else { left };
             }
-            leaf = self.leaf_in(&slots, r.lo - lo)?;
+            leaf = self.leaf_in(slots, r.lo - lo)?;
         }
         if let Some(expected) = expected_leaf
             && *expected != leaf

@@ -38,6 +38,8 @@ impl Counting {
 }
 
 impl RangeRead for Counting {
+    type Bytes = Vec<u8>;
+
     async fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, ArtifactError> {
         let out = self.bytes.read_range(range).await?;
         self.reads.fetch_add(1, Ordering::Relaxed);
