@@ -55,9 +55,9 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
 }
 
 /// Artifact data is read and cached in aligned pages of this size. Nodes poll for their
-/// witnesses right after their batch is anchored, so a 2^20-leaf batch (a 70 MB artifact)
-/// is read front to back within minutes: about 70 reads of a page, each shared by the
-/// ~15,000 witnesses in it, instead of two small reads per chunk of 1024 leaves.
+/// witnesses right after their batch is anchored, so all of a 2^20-leaf batch's artifact
+/// (70 MB) is read within minutes: about 70 reads of a page, each shared by the ~15,000
+/// witnesses in it, instead of two small reads per chunk of 1024 leaves.
 const PAGE_BYTES: u64 = 1 << 20;
 
 /// A page: the batch (whose id names the artifact) and the page number.
@@ -174,13 +174,15 @@ impl std::fmt::Debug for ArtifactWitnesses {
 
 impl ArtifactWitnesses {
     /// A source reading artifacts from `blobs`, caching up to `index_capacity` batch indexes
-    /// (about 75 KB each for 2^20-leaf batches) and as many 1 MiB pages of artifact data,
-    /// and `witness_capacity` witnesses (about 3 KB each).
+    /// (about 75 KB each for 2^20-leaf batches) and twice as many 1 MiB pages of artifact
+    /// data, and `witness_capacity` witnesses (about 3 KB each). Leaves are in CID order, so
+    /// nodes polling for one batch touch all its pages at random: the default 128 pages
+    /// hold a whole 2^20-leaf artifact (70 pages) with room for others.
     pub fn new(blobs: Arc<dyn BlobStore>, index_capacity: usize, witness_capacity: usize) -> Self {
         Self {
             blobs,
             indexes: Mutex::new(BoundedCache::new(index_capacity)),
-            pages: Mutex::new(BoundedCache::new(index_capacity.max(4))),
+            pages: Mutex::new(BoundedCache::new(2 * index_capacity.max(2))),
             witnesses: Mutex::new(BoundedCache::new(witness_capacity)),
         }
     }

@@ -292,8 +292,8 @@ pub(crate) struct ApiArgs {
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
 
-    /// Batch indexes (tree artifact headers, ~75 KB each) kept in memory, and as many
-    /// 1 MiB pages of tree artifact data.
+    /// Batch indexes (tree artifact headers, ~75 KB each) kept in memory, and twice as
+    /// many 1 MiB pages of tree artifact data.
     #[arg(long, env = "CAS_ARTIFACT_CACHE", default_value_t = 64)]
     pub(crate) artifact_cache: usize,
 

@@ -127,6 +127,13 @@ pub struct CloseReport {
     pub dropped: usize,
     /// Ingest messages acknowledged.
     pub acked: usize,
+    /// Milliseconds spent checking the candidates against the store (already batched,
+    /// replaced) and marking losers REPLACED.
+    pub filter_ms: u64,
+    /// Milliseconds spent writing the batch file and recording the batch and its members.
+    pub record_ms: u64,
+    /// Milliseconds spent acknowledging the ingest messages.
+    pub ack_ms: u64,
 }
 
 /// The scheduler role.
@@ -241,6 +248,9 @@ impl Scheduler {
                                 replaced = report.replaced,
                                 dropped = report.dropped,
                                 acked = report.acked,
+                                filter_ms = report.filter_ms,
+                                record_ms = report.record_ms,
+                                ack_ms = report.ack_ms,
                                 "batch closed"
                             );
                         }
@@ -313,6 +323,7 @@ impl Scheduler {
     /// Close a batch from the pending entries now (see the crate docs for the steps).
     pub async fn close_batch(&mut self) -> anyhow::Result<CloseReport> {
         let mut report = CloseReport::default();
+        let started = Instant::now();
         let candidate_ids = self.pending.ids();
         let mut unbatched = Vec::with_capacity(candidate_ids.len());
         for chunk in candidate_ids.chunks(65_536) {
@@ -341,6 +352,8 @@ impl Scheduler {
             }
         }
         report.replaced = losers.len();
+        report.filter_ms = started.elapsed().as_millis() as u64;
+        let recording = Instant::now();
 
         // The oldest winners first, at most batch_max of them; then leaf order by CID string.
         let mut chosen: Vec<(u64, IngestEntry)> = winners
@@ -395,6 +408,8 @@ impl Scheduler {
             report.batched = leaves.len();
         }
 
+        report.record_ms = recording.elapsed().as_millis() as u64;
+        let acking = Instant::now();
         let resolved: Vec<Uuid> = dropped
             .into_iter()
             .chain(losers)
@@ -409,6 +424,7 @@ impl Scheduler {
                 tracing::warn!(error = %err, "acknowledging ingest messages failed; they will be redelivered");
             }
         }
+        report.ack_ms = acking.elapsed().as_millis() as u64;
         Ok(report)
     }
 
