@@ -196,10 +196,15 @@ impl Queue for MultiQueue {
                 Err(err) => result = Err(err),
             }
         }
-        // Ack everything we can, then report the first problem.
-        for (queue, receipts) in self.queues.iter().zip(by_queue) {
-            if !receipts.is_empty()
-                && let Err(err) = queue.ack(&receipts).await
+        // Ack everything we can, every queue at once, then report the first problem.
+        let acks = self
+            .queues
+            .iter()
+            .zip(&by_queue)
+            .filter(|(_, receipts)| !receipts.is_empty())
+            .map(|(queue, receipts)| queue.ack(receipts));
+        for acked in futures::future::join_all(acks).await {
+            if let Err(err) = acked
                 && result.is_ok()
             {
                 result = Err(err);
