@@ -29,11 +29,29 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
     );
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
-    let status = response.status().as_u16().to_string();
+    let status = status_label(response.status());
     metrics::counter!("cas_http_requests_total", "route" => route, "status" => status).increment(1);
     metrics::histogram!("cas_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The status code as a label, without an allocation for the usual ones.
+fn status_label(status: StatusCode) -> std::borrow::Cow<'static, str> {
+    let known = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        other => return other.to_string().into(),
+    };
+    known.into()
 }
 
 /// The known route templates as static labels.

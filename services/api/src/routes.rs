@@ -187,7 +187,7 @@ async fn create_request(
 }
 
 fn cached_answer(state: &AppState, cid: &str) -> Option<Bytes> {
-    state.answers.lock().ok()?.get(&cid.to_owned())
+    state.answers.lock().ok()?.get(cid)
 }
 
 /// Serialize an answer, and remember it if it is final (COMPLETED with its witness, or
@@ -230,6 +230,11 @@ async fn get_request(
     State(state): State<AppState>,
     Path(cid): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Answers are cached under canonical CIDs, which is how nodes send them: a hit needs no
+    // parsing (and proves the CID valid).
+    if let Some(body) = cached_answer(&state, &cid) {
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
     let cid = parse_cid(&cid)
         .map_err(|_| ApiError::BadRequest("CID is empty or malformed".to_owned()))?
         .to_string();
