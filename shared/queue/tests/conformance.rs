@@ -76,8 +76,8 @@ async fn multi_queue_of_sqs_queues_passes_suite() {
     .await;
 }
 
-#[tokio::test]
-async fn multi_queue_spreads_messages_round_robin() {
+/// Three memory queues, and a multi-queue over them.
+fn three_memory_queues() -> (Vec<Arc<MemoryQueue>>, MultiQueue) {
     let inner: Vec<Arc<MemoryQueue>> = (0..3).map(|_| Arc::new(MemoryQueue::new())).collect();
     let multi = MultiQueue::new(
         inner
@@ -85,6 +85,12 @@ async fn multi_queue_spreads_messages_round_robin() {
             .map(|q| Arc::clone(q) as Arc<dyn Queue>)
             .collect(),
     );
+    (inner, multi)
+}
+
+#[tokio::test]
+async fn multi_queue_spreads_messages_round_robin() {
+    let (inner, multi) = three_memory_queues();
     for i in 0..6 {
         multi.send(format!("single {i}")).await.expect("send");
     }
@@ -121,13 +127,7 @@ async fn multi_queue_spreads_messages_round_robin() {
 
 #[tokio::test]
 async fn multi_queue_receive_drains_every_queue_in_one_round() {
-    let inner: Vec<Arc<MemoryQueue>> = (0..3).map(|_| Arc::new(MemoryQueue::new())).collect();
-    let multi = MultiQueue::new(
-        inner
-            .iter()
-            .map(|q| Arc::clone(q) as Arc<dyn Queue>)
-            .collect(),
-    );
+    let (inner, multi) = three_memory_queues();
     for (i, q) in inner.iter().enumerate() {
         for j in 0..4 {
             q.send(format!("queue {i} message {j}"))
@@ -165,14 +165,8 @@ async fn multi_queue_receive_drains_every_queue_in_one_round() {
 
 #[tokio::test]
 async fn multi_queue_receives_from_every_queue() {
-    let inner: Vec<Arc<MemoryQueue>> = (0..3).map(|_| Arc::new(MemoryQueue::new())).collect();
-    let multi = MultiQueue::new(
-        inner
-            .iter()
-            .map(|q| Arc::clone(q) as Arc<dyn Queue>)
-            .collect(),
-    )
-    .with_poll_slice(Duration::from_millis(100));
+    let (inner, multi) = three_memory_queues();
+    let multi = multi.with_poll_slice(Duration::from_millis(100));
     // Only the last queue has a message: a waiting receive still finds it.
     let last = Arc::clone(&inner[2]);
     tokio::spawn(async move {
