@@ -2,17 +2,20 @@
 
 use axum::{
     Json, Router,
-    body::{Body, to_bytes},
+    body::Body,
     extract::{DefaultBodyLimit, Path, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use std::time::Duration;
+
 use bytes::Bytes;
 use cas_core::{
     AnchorRequest, parse_car_request, parse_cid, parse_json_request, pipeline::IngestEntry,
 };
 use cas_store::{InsertOutcome, NewRequest, RequestRecord};
+use http_body_util::BodyExt as _;
 use tower_http::{
     cors::{Any, CorsLayer},
     timeout::TimeoutLayer,
@@ -90,6 +93,15 @@ fn body_form(headers: &HeaderMap) -> Result<BodyForm, ApiError> {
     }
 }
 
+/// Largest body that is read to its end (and thrown away) before an oversize body is
+/// answered 413. A client sends its whole body before it reads the answer; closing the
+/// connection with its bytes unread makes the kernel reset it, and the client sees a broken
+/// pipe or a reset instead of the 413. Bodies above this are answered at once.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Longest time spent reading an oversize body to its end.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("request body exceeds {limit} bytes"));
     let declared = headers
@@ -97,24 +109,43 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        if declared.is_some_and(|len| len <= DRAIN_LIMIT) {
+            drain(body, Vec::new()).await;
+        }
         return Err(too_large());
     }
-    match to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(err) => {
-            // Distinguish "too long" from a broken connection.
-            let is_limit = std::error::Error::source(&err)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || err.to_string().contains("length limit");
-            if is_limit {
-                Err(too_large())
-            } else {
-                Err(ApiError::BadRequest(format!(
-                    "could not read request body: {err}"
-                )))
+    let mut body = body;
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|err| ApiError::BadRequest(format!("could not read request body: {err}")))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                drain(body, bytes).await;
+                return Err(too_large());
             }
+            bytes.extend_from_slice(&data);
         }
     }
+    Ok(bytes)
+}
+
+/// Read the rest of an oversize body and drop it (bounded in bytes and time), so that the
+/// client, still sending, gets to read the 413.
+async fn drain(mut body: Body, read: Vec<u8>) {
+    let mut total = read.len() as u64;
+    drop(read);
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                total += data.len() as u64;
+                if total > DRAIN_LIMIT {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 async fn create_request(

@@ -147,7 +147,7 @@ impl Queue for MultiQueue {
         let asks = (0..n).filter_map(|i| {
             let share = max / n + usize::from(i < max % n);
             let index = (start + i) % n;
-            (share > 0).then(|| async move {
+            (share > 0).then_some(async move {
                 let got = self.queues[index]
                     .receive(share, visibility, Duration::ZERO)
                     .await;

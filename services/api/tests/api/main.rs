@@ -191,6 +191,66 @@ async fn oversize_bodies_are_rejected_with_413() {
     assert_eq!(app.request_count().await, 0);
 }
 
+/// A client that sends a whole 3 MB body before reading (as HTTP clients do), at the pace of
+/// a network rather than all at once, reads a 413, not a broken pipe or a connection reset:
+/// the service reads the oversize body to its end and throws it away before answering,
+/// rather than closing the connection while the client is still sending.
+#[tokio::test]
+async fn an_oversize_body_gets_its_413_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/api/v0")
+        .to_owned();
+    let body = vec![b' '; 3 * 1024 * 1024];
+    for chunked in [false, true] {
+        for _ in 0..3 {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_owned()
+            } else {
+                format!("Content-Length: {}", body.len())
+            };
+            let head = format!(
+                "POST /api/v0/requests HTTP/1.1\r\nHost: cas\r\nContent-Type: application/json\r\n\
+                 {framing}\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            for piece in body.chunks(64 * 1024) {
+                if chunked {
+                    let size = format!("{:x}\r\n", piece.len());
+                    stream.write_all(size.as_bytes()).await.expect("sent");
+                }
+                stream
+                    .write_all(piece)
+                    .await
+                    .expect("the whole body is taken");
+                if chunked {
+                    stream.write_all(b"\r\n").await.expect("sent");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            if chunked {
+                stream.write_all(b"0\r\n\r\n").await.expect("sent");
+            }
+            let mut answer = Vec::new();
+            stream
+                .read_to_end(&mut answer)
+                .await
+                .expect("the answer is read, not reset");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 413"),
+                "chunked {chunked}: {answer}"
+            );
+            assert!(answer.contains("exceeds"), "{answer}");
+        }
+    }
+    assert_eq!(app.request_count().await, 0);
+}
+
 #[tokio::test]
 async fn get_answers_400_for_bad_cids_and_404_for_unknown_ones() {
     let app = spawn_app().await;
