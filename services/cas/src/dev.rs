@@ -138,13 +138,12 @@ async fn run_with_chain(
     let nonces: Arc<dyn cas_store::NonceStore> = Arc::new(sqlite.clone());
     let store: Arc<dyn RequestStore> = Arc::new(sqlite);
     let blobs: Arc<dyn BlobStore> = Arc::new(LocalDirBlobStore::new(data_dir.join("blobs")));
-    let ingest: Arc<dyn Queue> = Arc::new(MemoryQueue::new());
-    let batches: Arc<dyn Queue> = Arc::new(MemoryQueue::new());
+    let (ingest, batches) = embedded_queues();
 
     // Every attempt is journaled in the SQLite file before it is sent, so a restart never
     // anchors a batch twice; the wallet lock is in-process (one process).
     let anchorer = cas_worker::TxManager::new(
-        connect_anchorer(args, rpc_url, chain).await?,
+        Arc::new(connect_anchorer(args, rpc_url, chain).await?),
         journal,
         cas_worker::TxManagerConfig {
             attempt_timeout: Duration::from_secs(30),
@@ -159,18 +158,18 @@ async fn run_with_chain(
         visibility: Duration::from_secs(15 * 60),
         receive_wait: Duration::from_millis(200),
         receive_interval: Duration::from_millis(100),
-        sweep_age: (args.batch_linger * 4).max(Duration::from_secs(30)),
+        sweep_age: args.batch_linger + Duration::from_secs(30),
         sweep_interval: Duration::from_secs(15),
         redispatch_after: Duration::from_secs(5 * 60),
     };
-    let scheduler = cas_scheduler::Scheduler::new(
+    let mut scheduler = cas_scheduler::Scheduler::new(
         Arc::clone(&store),
         Arc::clone(&ingest),
         Arc::clone(&batches),
         Arc::clone(&blobs),
         scheduler_config,
     )?;
-    recover(&scheduler).await?;
+    recover(&mut scheduler).await?;
     let worker = cas_worker::Worker::new(
         Arc::clone(&store),
         Arc::clone(&batches),
@@ -317,9 +316,23 @@ async fn connect_anchorer(
         .context("connecting the anchoring wallet")
 }
 
+/// Receives after which a message moves to its dead-letter queue, as production's queues
+/// are created (`CAS_QUEUE_MAX_RECEIVES`).
+const MAX_RECEIVES: u32 = 5;
+
+/// The ingest and batch queues, in memory, each with a dead-letter queue like production's:
+/// a message no one manages to process stops being redelivered after [`MAX_RECEIVES`], and
+/// what it stood for is recovered as in production (the sweeper re-publishes its requests,
+/// the re-dispatch loop announces its batch again).
+fn embedded_queues() -> (Arc<dyn Queue>, Arc<dyn Queue>) {
+    let ingest = MemoryQueue::with_dead_letter(MAX_RECEIVES, MemoryQueue::new());
+    let batches = MemoryQueue::with_dead_letter(MAX_RECEIVES, MemoryQueue::new());
+    (Arc::new(ingest), Arc::new(batches))
+}
+
 /// Feed the in-memory queues from the durable store: after a restart, requests accepted
 /// before it and batches closed before it continue where they were.
-async fn recover(scheduler: &cas_scheduler::Scheduler) -> anyhow::Result<()> {
+async fn recover(scheduler: &mut cas_scheduler::Scheduler) -> anyhow::Result<()> {
     let (requests, batches) = scheduler
         .resume_all()
         .await
@@ -511,6 +524,30 @@ fn free_port() -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poison message (one no one can process) is redelivered five times, as in
+    /// production, then stops coming back.
+    #[tokio::test]
+    async fn dev_queues_dead_letter_poison_messages_like_production() {
+        let (ingest, batches) = embedded_queues();
+        for queue in [ingest, batches] {
+            queue.send("poison".into()).await.unwrap();
+            let mut deliveries = 0;
+            loop {
+                let got = queue
+                    .receive(1, Duration::ZERO, Duration::from_millis(50))
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                deliveries += 1;
+                assert!(deliveries <= MAX_RECEIVES, "redelivered forever");
+            }
+            assert_eq!(deliveries, MAX_RECEIVES);
+            assert_eq!(queue.approximate_depth().await.unwrap(), 0);
+        }
+    }
 
     #[test]
     fn missing_anvil_is_explained() {

@@ -267,7 +267,6 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             } else {
                 4
             });
-    config.attempt_timeout = args.eth_tx_timeout;
     let confirmations = config.confirmations;
     let anchorer = cas_chain::EvmAnchorer::connect(config)
         .await
@@ -282,7 +281,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     );
     let store = Arc::new(store);
     let transactions = cas_worker::TxManager::new(
-        anchorer,
+        Arc::new(anchorer),
         Arc::clone(&store) as Arc<dyn cas_store::TxJournal>,
         cas_worker::TxManagerConfig {
             attempt_timeout: args.eth_tx_timeout,

@@ -7,18 +7,31 @@
 //! 1. drops entries that are already batched, replaced or unknown (redelivered messages);
 //! 2. applies REPLACED per (stream id, origin): the newest client timestamp wins, a tie
 //!    goes to the entry received later; only unbatched PENDING requests become REPLACED;
+//!    Across batches (and schedulers), the store keeps the newest batched request per
+//!    (stream id, origin): a winner older than that tip is REPLACED too, as in the
+//!    reference's queue mode;
 //! 3. sorts the winners by CID string (the leaf order), writes the batch file to blob
 //!    storage, records the batch and its members in the store (atomically: a request joins
-//!    one batch only), sends the batch id on the batch queue;
-//! 4. only then acknowledges the ingest messages whose entries are all resolved.
+//!    one batch only), sends the batch id on the batch queue and records that it did;
+//! 4. acknowledges the ingest messages whose entries are all resolved. A batch whose
+//!    announcement failed is durable already: it is announced again within seconds, and
+//!    its messages are acknowledged anyway.
 //!
-//! A crash at any point loses nothing: unacknowledged messages are redelivered and their
-//! batched entries filtered out; a batch recorded but never announced is re-sent by the
-//! re-dispatch loop; a request whose publish was lost is re-published by the sweeper.
+//! A crash or an outage at any point loses nothing, and strands nothing for long:
+//! - unacknowledged ingest messages are redelivered and their batched entries filtered out;
+//! - the sweeper re-publishes requests that are in no batch a while after they were
+//!   accepted (a lost publish, a message that went to its dead-letter queue). It walks the
+//!   requests in the order their inserts committed and keeps its place at the oldest one
+//!   still unbatched, so a request whose insert committed late is never skipped;
+//! - batches recorded but never announced are announced (after 30 s), batches announced
+//!   but not anchored in time are announced again (a lost batch message), and batches that
+//!   failed for good (their file missing or corrupt) have their requests moved to a new
+//!   batch, which is announced in turn.
 
 mod pending;
 
 use std::{
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -33,7 +46,8 @@ use cas_queue::{MAX_BATCH, MAX_MESSAGE_BYTES, Queue};
 
 /// Most messages one receive asks for: [`MAX_BATCH`] from each of ten ingest queues.
 const RECEIVE_MAX: usize = MAX_BATCH * 10;
-use cas_store::{NewBatch, RequestStore};
+use cas_core::ClientTimestamp;
+use cas_store::{NewBatch, RequestStore, SweepPosition, TipClaim};
 use chrono::Utc;
 use cid::Cid;
 use tokio_util::sync::CancellationToken;
@@ -41,11 +55,21 @@ use uuid::Uuid;
 
 pub use pending::Pending;
 
-/// Name of the sweeper's checkpoint.
-pub const SWEEPER_CHECKPOINT: &str = "ingest-sweeper";
+/// Name of the sweeper's position (the oldest request it has not seen batched).
+pub const SWEEPER_CURSOR: &str = "ingest-sweeper";
 
-/// Most stale batches re-announced per round.
+/// Batches read per page by the re-dispatch loop.
 const REDISPATCH_PAGE: i64 = 100;
+
+/// Requests read per page by the sweeper.
+const SWEEP_PAGE: i64 = 10_000;
+
+/// How long a recorded batch may stay unannounced (its scheduler is announcing it) before
+/// another round announces it.
+const ANNOUNCE_GRACE: Duration = Duration::from_secs(30);
+
+/// How long closing waits after a failed close before trying again.
+const CLOSE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
@@ -68,7 +92,8 @@ pub struct SchedulerConfig {
     /// calls stays flat instead of growing with the publish rate.
     pub receive_interval: Duration,
     /// Requests unbatched for longer than this are re-published by the sweeper. Must exceed
-    /// `linger`.
+    /// `linger` (by a minute is enough: a request reaches a batch within about a second of
+    /// its linger).
     pub sweep_age: Duration,
     /// How often the sweeper and the re-dispatch loop run.
     pub sweep_interval: Duration,
@@ -85,8 +110,8 @@ impl Default for SchedulerConfig {
             visibility: Duration::from_secs(15 * 60),
             receive_wait: Duration::from_secs(1),
             receive_interval: Duration::from_millis(500),
-            sweep_age: Duration::from_secs(10 * 60),
-            sweep_interval: Duration::from_secs(60),
+            sweep_age: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(30),
             redispatch_after: Duration::from_secs(30 * 60),
         }
     }
@@ -144,6 +169,10 @@ pub struct Scheduler {
     blobs: Arc<dyn BlobStore>,
     config: SchedulerConfig,
     pending: Pending,
+    /// Batches recorded by this scheduler whose announcement failed: sent again first.
+    unannounced: Vec<Uuid>,
+    /// When the sweeper last re-published a request (not again before `sweep_age`).
+    republished: HashMap<Uuid, Instant>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -172,6 +201,8 @@ impl Scheduler {
             blobs,
             config,
             pending: Pending::default(),
+            unannounced: Vec::new(),
+            republished: HashMap::new(),
         })
     }
 
@@ -182,6 +213,9 @@ impl Scheduler {
 
     /// Run until `shutdown`. A batch being closed is finished first; pending entries whose
     /// messages are not acknowledged are redelivered to the next scheduler.
+    ///
+    /// Every round of the loop waits for something (a receive, a backoff, the next due
+    /// time), so an outage of the store or the queues never turns it into a busy loop.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut next_sweep = Instant::now();
         let mut last_extend = Instant::now();
@@ -194,6 +228,7 @@ impl Scheduler {
         );
         let mut last_delivery: Option<Instant> = None;
         while !shutdown.is_cancelled() {
+            let mut waited = false;
             if self.pending.len() < self.config.batch_max {
                 if let Some(at) = last_delivery {
                     tokio::select! {
@@ -205,6 +240,7 @@ impl Scheduler {
                     () = shutdown.cancelled() => break,
                     r = self.receive_once() => r,
                 };
+                waited = true;
                 match received {
                     Ok(0) => last_delivery = None,
                     Ok(_) => last_delivery = Some(Instant::now()),
@@ -219,6 +255,7 @@ impl Scheduler {
                 }
             }
 
+            self.announce_pending().await;
             let now = Instant::now();
             let flush_due = match next_flush {
                 Some(at) if chrono::Utc::now() >= at => {
@@ -260,7 +297,7 @@ impl Scheduler {
                             error = format!("{err:#}"),
                             "closing a batch failed, will retry"
                         );
-                        close_backoff_until = Some(now + Duration::from_secs(5));
+                        close_backoff_until = Some(now + CLOSE_BACKOFF);
                     }
                 }
             }
@@ -282,6 +319,19 @@ impl Scheduler {
                     tracing::warn!(error = format!("{err:#}"), "re-dispatch failed");
                 }
                 next_sweep = Instant::now() + self.config.sweep_interval;
+            }
+            if !waited {
+                // A full pending set does not receive: wait for what comes next instead (the
+                // end of a close backoff, the next sweep), at most a second.
+                let mut until = Instant::now() + Duration::from_secs(1);
+                if let Some(backoff) = close_backoff_until {
+                    until = until.min(backoff.max(Instant::now()));
+                }
+                until = until.min(next_sweep.max(Instant::now()));
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
             }
         }
         tracing::info!(pending = self.pending.len(), "scheduler stopped");
@@ -334,7 +384,7 @@ impl Scheduler {
                     .context("filtering batched requests")?,
             );
         }
-        let unbatched_set: std::collections::HashSet<Uuid> = unbatched.iter().copied().collect();
+        let unbatched_set: HashSet<Uuid> = unbatched.iter().copied().collect();
         let dropped: Vec<Uuid> = candidate_ids
             .iter()
             .copied()
@@ -342,7 +392,42 @@ impl Scheduler {
             .collect();
         report.dropped = dropped.len();
 
-        let (winners, losers) = self.pending.pick_winners(&unbatched);
+        let (winners, mut losers) = self.pending.pick_winners(&unbatched);
+
+        // The oldest winners first, at most batch_max of them.
+        let mut chosen: Vec<(u64, IngestEntry)> = winners
+            .iter()
+            .filter_map(|id| {
+                self.pending
+                    .get(id)
+                    .map(|(entry, seq)| (seq, entry.clone()))
+            })
+            .collect();
+        chosen.sort_by_key(|(seq, _)| *seq);
+        chosen.truncate(self.config.batch_max);
+
+        // Across batches: a winner older than the newest request already batched for its
+        // stream and origin (by any scheduler) is REPLACED as well.
+        let claims: Vec<TipClaim> = chosen
+            .iter()
+            .map(|(_, e)| TipClaim {
+                stream_id: e.sid.clone(),
+                origin: e.org.clone(),
+                request_id: e.id,
+                timestamp: ClientTimestamp::from_unix_nanos(e.ts),
+            })
+            .collect();
+        let outdated: HashSet<Uuid> = self
+            .store
+            .claim_tips(&claims)
+            .await
+            .context("claiming the streams' newest tips")?
+            .into_iter()
+            .collect();
+        if !outdated.is_empty() {
+            chosen.retain(|(_, e)| !outdated.contains(&e.id));
+            losers.extend(outdated.iter().copied());
+        }
         if !losers.is_empty() {
             for chunk in losers.chunks(65_536) {
                 self.store
@@ -355,17 +440,7 @@ impl Scheduler {
         report.filter_ms = started.elapsed().as_millis() as u64;
         let recording = Instant::now();
 
-        // The oldest winners first, at most batch_max of them; then leaf order by CID string.
-        let mut chosen: Vec<(u64, IngestEntry)> = winners
-            .iter()
-            .filter_map(|id| {
-                self.pending
-                    .get(id)
-                    .map(|(entry, seq)| (seq, entry.clone()))
-            })
-            .collect();
-        chosen.sort_by_key(|(seq, _)| *seq);
-        chosen.truncate(self.config.batch_max);
+        // Leaf order: by CID string.
         let mut leaves: Vec<(String, Uuid, Cid)> = Vec::with_capacity(chosen.len());
         let mut unparseable = Vec::new();
         for (_, entry) in &chosen {
@@ -386,24 +461,12 @@ impl Scheduler {
         if !leaves.is_empty() {
             let batch_id = Uuid::now_v7();
             let cids: Vec<Cid> = leaves.iter().map(|(_, _, cid)| *cid).collect();
-            let file = encode_batch_file(batch_id, &cids);
-            self.blobs
-                .put(&batch_file_key(batch_id), Bytes::from(file))
-                .await
-                .context("writing the batch file")?;
             let batch = NewBatch {
                 id: batch_id,
                 members: leaves.iter().map(|(_, id, _)| *id).collect(),
                 created_at: Utc::now(),
             };
-            self.store
-                .create_batch(&batch)
-                .await
-                .context("recording the batch")?;
-            self.batches
-                .send(BatchMessage::new(batch_id).to_json())
-                .await
-                .context("announcing the batch")?;
+            self.record_batch(&batch, &cids).await?;
             report.batch_id = Some(batch_id);
             report.batched = leaves.len();
         }
@@ -426,6 +489,55 @@ impl Scheduler {
         }
         report.ack_ms = acking.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// Write the batch file, record the batch, and announce it. Once recorded, the batch is
+    /// durable: a failed announcement is retried in the next rounds, not reported.
+    async fn record_batch(&mut self, batch: &NewBatch, leaves: &[Cid]) -> anyhow::Result<()> {
+        let file = encode_batch_file(batch.id, leaves);
+        self.blobs
+            .put(&batch_file_key(batch.id), Bytes::from(file))
+            .await
+            .context("writing the batch file")?;
+        self.store
+            .create_batch(batch)
+            .await
+            .context("recording the batch")?;
+        if let Err(err) = self.announce(batch.id).await {
+            tracing::warn!(batch.id = %batch.id, error = format!("{err:#}"), "announcing a batch failed; it is announced again shortly");
+            self.unannounced.push(batch.id);
+        }
+        Ok(())
+    }
+
+    /// Send a batch's message to the workers and record that it was sent.
+    async fn announce(&self, batch_id: Uuid) -> anyhow::Result<()> {
+        self.batches
+            .send(BatchMessage::new(batch_id).to_json())
+            .await
+            .context("sending the batch message")?;
+        // If this write fails, the batch is announced once more later: harmless.
+        if let Err(err) = self.store.mark_batch_announced(batch_id, Utc::now()).await {
+            tracing::warn!(batch.id = %batch_id, error = %err, "recording a batch announcement failed");
+        }
+        Ok(())
+    }
+
+    /// Announce the batches whose announcement failed before.
+    async fn announce_pending(&mut self) {
+        if self.unannounced.is_empty() {
+            return;
+        }
+        let mut still = Vec::new();
+        for batch_id in std::mem::take(&mut self.unannounced) {
+            match self.announce(batch_id).await {
+                Ok(()) => {
+                    tracing::info!(batch.id = %batch_id, "batch announced after a failed attempt")
+                }
+                Err(_) => still.push(batch_id),
+            }
+        }
+        self.unannounced = still;
     }
 
     /// Export the approximate depth of the ingest and batch queues.
@@ -454,128 +566,214 @@ impl Scheduler {
         }
     }
 
-    /// Re-publish requests that were accepted but never reached a batch (a crash between the
-    /// API's insert and its publish). Returns how many were re-published.
-    pub async fn sweep(&self) -> anyhow::Result<usize> {
-        let until = Utc::now()
-            - chrono::Duration::from_std(self.config.sweep_age)
-                .unwrap_or(chrono::Duration::minutes(10));
-        let after = match self.store.checkpoint(SWEEPER_CHECKPOINT).await? {
-            Some(at) => at,
-            None => until - chrono::Duration::hours(48),
-        };
-        self.sweep_between(after, until).await
+    /// Re-publish requests that were accepted but are in no batch `sweep_age` after they
+    /// were accepted (a lost publish, an ingest message that went to its dead-letter queue).
+    /// Returns how many were re-published.
+    pub async fn sweep(&mut self) -> anyhow::Result<usize> {
+        let age = chrono::Duration::from_std(self.config.sweep_age)
+            .unwrap_or(chrono::Duration::minutes(2));
+        self.sweep_older_than(Utc::now() - age).await
     }
 
     /// Resume after a restart that lost the queues' contents (the embedded mode keeps its
     /// queues in memory): publish every request that is in no batch, whatever its age, and
-    /// announce every batch that is not anchored. Call it before new requests arrive.
-    /// Returns how many requests and batches were re-sent.
-    pub async fn resume_all(&self) -> anyhow::Result<(usize, usize)> {
-        let requests = self
-            .sweep_between(chrono::DateTime::UNIX_EPOCH, Utc::now())
-            .await?;
-        let mut batches = 0;
-        loop {
-            let sent = self.redispatch_before(Utc::now()).await?;
-            batches += sent;
-            if sent < REDISPATCH_PAGE as usize {
-                break;
-            }
-        }
+    /// announce every batch that is neither anchored nor failed, and move the members of
+    /// failed batches. Call it before new requests arrive. Returns how many requests and
+    /// batches were re-sent.
+    pub async fn resume_all(&mut self) -> anyhow::Result<(usize, usize)> {
+        let requests = self.sweep_older_than(Utc::now()).await?;
+        let batches = self.redispatch_before(Utc::now()).await?;
         Ok((requests, batches))
     }
 
-    async fn sweep_between(
-        &self,
-        mut after: chrono::DateTime<Utc>,
-        until: chrono::DateTime<Utc>,
-    ) -> anyhow::Result<usize> {
-        const LIMIT: i64 = 10_000;
-        let mut total = 0;
-        let mut limit = LIMIT;
-        loop {
-            let mut stranded = self
-                .store
-                .unbatched_created_between(after, until, limit)
-                .await?;
-            let full = stranded.len() as i64 == limit;
-            if full {
-                // The next page starts strictly after the last `created_at` of this one, so
-                // rows sharing that timestamp beyond this page would be skipped: hold them
-                // back and read them whole with the next page. If the whole page shares one
-                // timestamp, read a bigger page instead.
-                let last_at = stranded[stranded.len() - 1].created_at;
-                let keep = stranded.partition_point(|r| r.created_at < last_at);
-                if keep == 0 {
-                    limit = limit.saturating_mul(2);
-                    continue;
+    /// The sweep: walk the unbatched PENDING requests in commit order from the stored
+    /// position, re-publish those created before `cutoff` (each at most once per sweep age),
+    /// stop at the first one created after it, and store as the new position the oldest
+    /// request still unbatched (or the scan's horizon if none is): the position never passes
+    /// a request that is not in a batch yet.
+    async fn sweep_older_than(&mut self, cutoff: chrono::DateTime<Utc>) -> anyhow::Result<usize> {
+        let start = self.store.cursor(SWEEPER_CURSOR).await?.unwrap_or(0);
+        let mut at = SweepPosition::before(start);
+        let mut oldest: Option<(i64, chrono::DateTime<Utc>)> = None;
+        let mut stranded: Vec<IngestEntry> = Vec::new();
+        let mut seen: HashSet<Uuid> = HashSet::new();
+        let horizon = 'scan: loop {
+            let page = self.store.unbatched_after(at, SWEEP_PAGE).await?;
+            let full = page.rows.len() as i64 == SWEEP_PAGE;
+            for (position, record) in &page.rows {
+                at = *position;
+                oldest.get_or_insert((position.position, record.created_at));
+                if record.created_at > cutoff {
+                    // Younger ones follow (commit order is about creation order): their
+                    // batch may still be open.
+                    break 'scan None;
                 }
-                stranded.truncate(keep);
-                limit = LIMIT;
-            }
-            if !stranded.is_empty() {
-                let entries: Vec<IngestEntry> = stranded
-                    .iter()
-                    .filter(|r| !self.pending.contains(&r.id))
-                    .map(|r| IngestEntry {
-                        id: r.id,
-                        cid: r.cid.clone(),
-                        sid: r.stream_id.clone(),
-                        org: r.origin.clone(),
-                        ts: r.timestamp.unix_nanos(),
-                    })
-                    .collect();
-                if !entries.is_empty() {
-                    let messages = pack_ingest(&entries, MAX_MESSAGE_BYTES)?;
-                    self.ingest.send_many(messages).await?;
-                    total += entries.len();
+                seen.insert(record.id);
+                if self.pending.contains(&record.id) {
+                    continue; // waiting here for its batch
                 }
-                after = stranded.last().map_or(after, |r| r.created_at);
+                let again = self
+                    .republished
+                    .get(&record.id)
+                    .is_none_or(|at| at.elapsed() >= self.config.sweep_age);
+                if again {
+                    self.republished.insert(record.id, Instant::now());
+                    stranded.push(IngestEntry {
+                        id: record.id,
+                        cid: record.cid.clone(),
+                        sid: record.stream_id.clone(),
+                        org: record.origin.clone(),
+                        ts: record.timestamp.unix_nanos(),
+                    });
+                }
             }
             if !full {
-                after = until;
-                self.store.set_checkpoint(SWEEPER_CHECKPOINT, after).await?;
-                break;
+                break Some(page.horizon);
             }
-            self.store.set_checkpoint(SWEEPER_CHECKPOINT, after).await?;
-        }
-        if total > 0 {
+        };
+        // Requests not seen again were batched meanwhile.
+        self.republished.retain(|id, _| seen.contains(id));
+        let position = match (oldest, horizon) {
+            (Some((position, _)), _) => position,
+            (None, Some(horizon)) => horizon,
+            (None, None) => start,
+        };
+        let oldest_age = oldest.map_or(0.0, |(_, created)| {
+            (Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        metrics::gauge!("cas_oldest_unbatched_seconds").set(oldest_age);
+        if !stranded.is_empty() {
+            for chunk in stranded.chunks(SWEEP_PAGE as usize) {
+                let messages = pack_ingest(chunk, MAX_MESSAGE_BYTES)?;
+                self.ingest.send_many(messages).await?;
+            }
+            metrics::counter!("cas_requests_republished_total").increment(stranded.len() as u64);
             tracing::warn!(
-                requests = total,
-                "re-published requests that never reached a batch"
+                requests = stranded.len(),
+                "re-published requests that were in no batch in time"
             );
         }
-        Ok(total)
+        if position != start {
+            self.store.set_cursor(SWEEPER_CURSOR, position).await?;
+        }
+        Ok(stranded.len())
     }
 
-    /// Announce again batches that were recorded but not anchored in time (a crash between
-    /// recording and announcing, or a lost message). Returns how many were announced.
-    pub async fn redispatch(&self) -> anyhow::Result<usize> {
-        let before = Utc::now()
+    /// Announce batches that were recorded but never announced (after a short grace),
+    /// announce again batches not anchored in time (a lost message), and move the requests
+    /// of batches that failed for good into new batches. Returns how many batches were
+    /// announced.
+    pub async fn redispatch(&mut self) -> anyhow::Result<usize> {
+        let stale = Utc::now()
             - chrono::Duration::from_std(self.config.redispatch_after)
                 .unwrap_or(chrono::Duration::minutes(30));
-        self.redispatch_before(before).await
+        self.redispatch_before(stale).await
     }
 
-    async fn redispatch_before(&self, before: chrono::DateTime<Utc>) -> anyhow::Result<usize> {
-        let stale = self
-            .store
-            .unanchored_batches(before, REDISPATCH_PAGE)
-            .await?;
-        if stale.is_empty() {
-            return Ok(0);
+    async fn redispatch_before(&mut self, stale: chrono::DateTime<Utc>) -> anyhow::Result<usize> {
+        let grace = Utc::now()
+            - chrono::Duration::from_std(ANNOUNCE_GRACE).unwrap_or(chrono::Duration::zero());
+        let mut announced = 0;
+        // Recorded, never announced (a crash between the two, or another scheduler's
+        // failed announcement).
+        loop {
+            let batches = self
+                .store
+                .unannounced_batches(grace.max(stale), REDISPATCH_PAGE)
+                .await?;
+            for batch_id in &batches {
+                self.announce(*batch_id).await?;
+                self.unannounced.retain(|id| id != batch_id);
+            }
+            announced += batches.len();
+            if (batches.len() as i64) < REDISPATCH_PAGE {
+                break;
+            }
         }
-        let bodies = stale
-            .iter()
-            .map(|id| BatchMessage::new(*id).to_json())
-            .collect();
-        self.batches.send_many(bodies).await?;
-        tracing::warn!(
-            batches = stale.len(),
-            "re-announced batches that were not anchored in time"
-        );
-        Ok(stale.len())
+        if announced > 0 {
+            metrics::counter!("cas_batches_reannounced_total").increment(announced as u64);
+            tracing::warn!(
+                batches = announced,
+                "announced batches whose announcement was lost"
+            );
+        }
+        // Announced, not anchored in time (the message was lost, or dead-lettered during a
+        // chain outage). Each announcement moves a batch's time forward, so the pages end.
+        let mut again = 0;
+        loop {
+            let batches = self
+                .store
+                .unanchored_batches(stale, REDISPATCH_PAGE)
+                .await?;
+            let bodies = batches
+                .iter()
+                .map(|id| BatchMessage::new(*id).to_json())
+                .collect();
+            self.batches.send_many(bodies).await?;
+            for batch_id in &batches {
+                self.store
+                    .mark_batch_announced(*batch_id, Utc::now())
+                    .await?;
+            }
+            again += batches.len();
+            if (batches.len() as i64) < REDISPATCH_PAGE {
+                break;
+            }
+        }
+        if again > 0 {
+            metrics::counter!("cas_batches_reannounced_total").increment(again as u64);
+            tracing::warn!(
+                batches = again,
+                "re-announced batches that were not anchored in time"
+            );
+        }
+        let moved = self.rebatch_failed().await?;
+        Ok(announced + again + moved)
+    }
+
+    /// Move the members of every batch that failed for good into a new batch (same members,
+    /// same leaf order, a fresh batch file), and announce it.
+    async fn rebatch_failed(&mut self) -> anyhow::Result<usize> {
+        let mut moved = 0;
+        loop {
+            let failed = self.store.failed_batches(REDISPATCH_PAGE).await?;
+            for from in &failed {
+                let members = self.store.batch_members(*from).await?;
+                let leaves: Vec<Cid> = members
+                    .iter()
+                    .map(|(_, cid)| Cid::try_from(cid.as_str()))
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("a member of failed batch {from} has no valid cid"))?;
+                let batch = NewBatch {
+                    id: Uuid::now_v7(),
+                    members: members.iter().map(|(id, _)| *id).collect(),
+                    created_at: Utc::now(),
+                };
+                let file = encode_batch_file(batch.id, &leaves);
+                self.blobs
+                    .put(&batch_file_key(batch.id), Bytes::from(file))
+                    .await
+                    .context("writing the batch file")?;
+                if !self.store.rebatch(*from, &batch).await? {
+                    continue; // another scheduler moved it first
+                }
+                metrics::counter!("cas_batches_rebatched_total").increment(1);
+                tracing::warn!(
+                    batch.id = %batch.id,
+                    failed = %from,
+                    batch.size = batch.members.len(),
+                    "moved the requests of a failed batch into a new batch"
+                );
+                if let Err(err) = self.announce(batch.id).await {
+                    tracing::warn!(batch.id = %batch.id, error = format!("{err:#}"), "announcing a batch failed; it is announced again shortly");
+                    self.unannounced.push(batch.id);
+                }
+                moved += 1;
+            }
+            if (failed.len() as i64) < REDISPATCH_PAGE {
+                return Ok(moved);
+            }
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use txmanager::{TxError, TxManager, TxManagerConfig};
+pub use txmanager::{Recovery, TxError, TxManager, TxManagerConfig};
 
 /// Puts a Merkle root on chain.
 #[async_trait]
@@ -44,9 +44,14 @@ pub trait RootAnchorer: Send + Sync + 'static {
         batch_id: Uuid,
         root_digest: [u8; 32],
     ) -> Result<[u8; 32], AnchorFailure>;
+    /// The batch's transaction if it is confirmed on the canonical chain right now: checked
+    /// once more before the batch is recorded as anchored, so that an anchor a
+    /// reorganisation removed in the meantime is sent again instead.
+    async fn confirmed(&self, batch_id: Uuid) -> Result<Option<[u8; 32]>, AnchorFailure>;
     /// Resume work left unfinished by an earlier run (called once when the worker starts).
-    async fn recover(&self) -> Result<(), AnchorFailure> {
-        Ok(())
+    /// Returns the batches whose anchor the chain lost (they must be anchored again).
+    async fn recover(&self) -> Result<Vec<Uuid>, AnchorFailure> {
+        Ok(Vec::new())
     }
 }
 
@@ -60,27 +65,12 @@ pub struct AnchorFailure {
     pub retryable: bool,
 }
 
-/// Without a journal or a wallet lock: a worker that dies after broadcasting can anchor a
-/// batch twice, and two workers can race for a nonce. Only for single-process throwaway
-/// setups; production uses [`TxManager`].
-#[async_trait]
-impl RootAnchorer for cas_chain::EvmAnchorer {
-    fn chain_id(&self) -> String {
-        cas_chain::EvmAnchorer::chain_id(self).to_string()
-    }
-
-    async fn anchor_root(
-        &self,
-        _batch_id: Uuid,
-        root_digest: [u8; 32],
-    ) -> Result<[u8; 32], AnchorFailure> {
-        cas_chain::EvmAnchorer::anchor_root(self, root_digest)
-            .await
-            .map(|tx| tx.tx_hash)
-            .map_err(|e| AnchorFailure {
-                retryable: e.is_retryable(),
-                message: e.to_string(),
-            })
+impl From<TxError> for AnchorFailure {
+    fn from(e: TxError) -> Self {
+        Self {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -95,27 +85,21 @@ impl RootAnchorer for TxManager {
         batch_id: Uuid,
         root_digest: [u8; 32],
     ) -> Result<[u8; 32], AnchorFailure> {
-        self.anchor(batch_id, root_digest)
-            .await
-            .map(|tx| tx.tx_hash)
-            .map_err(|e| AnchorFailure {
-                retryable: e.is_retryable(),
-                message: e.to_string(),
-            })
+        Ok(self.anchor(batch_id, root_digest).await?.tx_hash)
     }
 
-    async fn recover(&self) -> Result<(), AnchorFailure> {
-        match TxManager::recover(self).await {
-            Ok(0) => Ok(()),
-            Ok(settled) => {
-                tracing::info!(nonces = settled, "resumed journaled transactions");
-                Ok(())
-            }
-            Err(e) => Err(AnchorFailure {
-                retryable: e.is_retryable(),
-                message: e.to_string(),
-            }),
+    async fn confirmed(&self, batch_id: Uuid) -> Result<Option<[u8; 32]>, AnchorFailure> {
+        Ok(TxManager::confirmed(self, batch_id)
+            .await?
+            .map(|tx| tx.tx_hash))
+    }
+
+    async fn recover(&self) -> Result<Vec<Uuid>, AnchorFailure> {
+        let recovery = TxManager::recover(self).await?;
+        if recovery.settled > 0 {
+            tracing::info!(nonces = recovery.settled, "resumed journaled transactions");
         }
+        Ok(recovery.reorganised)
     }
 }
 
@@ -152,9 +136,21 @@ pub enum BatchError {
     /// Trying again later may work (a dependency is down, the chain is slow).
     #[error("{0}")]
     Retryable(String),
-    /// The message or batch can never be processed (unknown batch, corrupt file).
+    /// The batch can never be anchored (its file is missing or corrupt): it is marked failed
+    /// for good, and the scheduler moves its requests into a new batch.
+    #[error("{reason}")]
+    Permanent {
+        /// The batch.
+        batch_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// The message names no batch this service knows, or cannot be read at all.
     #[error("{0}")]
-    Permanent(String),
+    Unreadable(String),
+    /// The worker is stopping; the batch is left for the next one.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// What processing one batch message did.
@@ -171,6 +167,8 @@ pub enum BatchOutcome {
     },
     /// The batch had been anchored before (a redelivered message); nothing was sent.
     AlreadyAnchored(Uuid),
+    /// The batch had failed for good before; its requests are in a new batch.
+    Failed(Uuid),
 }
 
 /// The worker role.
@@ -212,17 +210,22 @@ impl Worker {
         }
     }
 
-    /// Run until `shutdown`. A batch in progress is finished before returning.
+    /// Run until `shutdown`. An anchor in progress is dropped at once (what it sent is
+    /// journaled, and the next worker resumes it) and its batch message is made visible
+    /// again, so a stop takes about as long as the step in progress, never a whole anchor.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(chain.id = %self.anchorer.chain_id(), "worker running");
         // Transactions a previous run left pending are settled before new work; a failure
         // here is not fatal (every anchor settles them first anyway).
         tokio::select! {
             () = shutdown.cancelled() => {}
-            recovered = self.anchorer.recover() => {
-                if let Err(err) = recovered {
-                    tracing::warn!(error = %err, "resuming journaled transactions failed; they are resumed with the next batch");
+            recovered = self.anchorer.recover() => match recovered {
+                Ok(lost) => {
+                    for batch_id in lost {
+                        self.reanchor(batch_id).await;
+                    }
                 }
+                Err(err) => tracing::warn!(error = %err, "resuming journaled transactions failed; they are resumed with the next batch"),
             }
         }
         while !shutdown.is_cancelled() {
@@ -233,7 +236,7 @@ impl Worker {
             match received {
                 Ok(messages) => {
                     for message in messages {
-                        self.handle(message).await;
+                        self.handle_until(message, &shutdown).await;
                     }
                 }
                 Err(err) => {
@@ -249,12 +252,42 @@ impl Worker {
         Ok(())
     }
 
+    /// A batch recorded as anchored whose transaction the chain lost (a reorganisation, or a
+    /// dev chain restarted from an older state): it is no longer anchored, and is announced
+    /// again. Its transaction was reopened by the transaction manager, so the same signed
+    /// transaction is sent first and the witnesses built from it stay valid.
+    async fn reanchor(&self, batch_id: Uuid) {
+        match self.store.reopen_batch(batch_id).await {
+            Ok(true) => {
+                tracing::error!(batch.id = %batch_id, "the chain lost the anchor of a batch recorded as anchored; anchoring it again")
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(batch.id = %batch_id, error = %err, "reopening a batch whose anchor the chain lost failed");
+                return;
+            }
+        }
+        if let Err(err) = self
+            .batches
+            .send(BatchMessage::new(batch_id).to_json())
+            .await
+        {
+            tracing::warn!(batch.id = %batch_id, error = %err, "announcing a batch to anchor again failed; the scheduler re-announces it");
+        }
+    }
+
     /// Process one delivery of a batch message and acknowledge or release it.
     pub async fn handle(&self, message: Message) {
+        self.handle_until(message, &CancellationToken::new()).await;
+    }
+
+    /// Like [`Worker::handle`], giving up (and releasing the message at once) when `stop` is
+    /// cancelled.
+    pub async fn handle_until(&self, message: Message, stop: &CancellationToken) {
         let keep_hidden = self.keep_hidden(&message);
         let result = match BatchMessage::parse(&message.body) {
-            Ok(parsed) => self.process_batch(parsed.bid).await,
-            Err(err) => Err(BatchError::Permanent(format!(
+            Ok(parsed) => self.process_batch_until(parsed.bid, stop).await,
+            Err(err) => Err(BatchError::Unreadable(format!(
                 "unreadable batch message: {err}"
             ))),
         };
@@ -272,21 +305,34 @@ impl Worker {
                     BatchOutcome::AlreadyAnchored(id) => {
                         tracing::info!(batch.id = %id, "batch was already anchored; message dropped");
                     }
+                    BatchOutcome::Failed(id) => {
+                        tracing::info!(batch.id = %id, "batch had failed for good; message dropped");
+                    }
                 }
-                if let Err(err) = self
-                    .batches
-                    .ack(std::slice::from_ref(&message.receipt))
-                    .await
-                {
-                    tracing::warn!(error = %err, "acknowledging a batch message failed; it will be redelivered and skipped");
+                self.ack(&message).await;
+            }
+            Err(BatchError::Unreadable(reason)) => {
+                metrics::counter!("cas_batch_messages_dropped_total").increment(1);
+                tracing::error!(message.id = %message.id, error = %reason, "dropping a batch message that cannot be processed");
+                self.ack(&message).await;
+            }
+            Err(BatchError::Permanent { batch_id, reason }) => {
+                // Terminal: the scheduler moves its requests into a new batch.
+                match self.store.fail_batch(batch_id, &reason).await {
+                    Ok(_) => {
+                        metrics::counter!("cas_batches_failed_total").increment(1);
+                        tracing::error!(batch.id = %batch_id, error = %reason, "the batch can never be anchored; it is marked failed and its requests go into a new batch");
+                        self.ack(&message).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(batch.id = %batch_id, error = %err, "recording a failed batch failed, will retry");
+                        self.release(&message, self.config.retry_backoff).await;
+                    }
                 }
             }
-            Err(BatchError::Permanent(reason)) => {
-                tracing::error!(message.id = %message.id, error = %reason, "dropping a batch message that cannot be processed");
-                let _ = self
-                    .batches
-                    .ack(std::slice::from_ref(&message.receipt))
-                    .await;
+            Err(BatchError::Interrupted(reason)) => {
+                tracing::info!(message.id = %message.id, reason = %reason, "stopping; the batch is left to the next worker");
+                self.release(&message, Duration::ZERO).await;
             }
             Err(BatchError::Retryable(reason)) => {
                 tracing::warn!(
@@ -295,11 +341,24 @@ impl Worker {
                     error = %reason,
                     "batch failed, will retry"
                 );
-                let _ = self
-                    .batches
-                    .set_visibility(&message.receipt, self.config.retry_backoff)
-                    .await;
+                self.release(&message, self.config.retry_backoff).await;
             }
+        }
+    }
+
+    async fn ack(&self, message: &Message) {
+        if let Err(err) = self
+            .batches
+            .ack(std::slice::from_ref(&message.receipt))
+            .await
+        {
+            tracing::warn!(error = %err, "acknowledging a batch message failed; it will be redelivered and skipped");
+        }
+    }
+
+    async fn release(&self, message: &Message, after: Duration) {
+        if let Err(err) = self.batches.set_visibility(&message.receipt, after).await {
+            tracing::warn!(error = %err, "releasing a batch message failed; it comes back after its visibility timeout");
         }
     }
 
@@ -326,19 +385,34 @@ impl Worker {
 
     /// Anchor one batch (idempotent: an anchored batch is not anchored again).
     pub async fn process_batch(&self, batch_id: Uuid) -> Result<BatchOutcome, BatchError> {
+        self.process_batch_until(batch_id, &CancellationToken::new())
+            .await
+    }
+
+    /// Like [`Worker::process_batch`], giving up with [`BatchError::Interrupted`] when `stop`
+    /// is cancelled while the anchor is under way.
+    pub async fn process_batch_until(
+        &self,
+        batch_id: Uuid,
+        stop: &CancellationToken,
+    ) -> Result<BatchOutcome, BatchError> {
         let started = Instant::now();
         let batch = self
             .store
             .get_batch(batch_id)
             .await
             .map_err(|e| retryable("loading the batch")(&e))?
-            .ok_or_else(|| BatchError::Permanent(format!("unknown batch {batch_id}")))?;
+            .ok_or_else(|| BatchError::Unreadable(format!("unknown batch {batch_id}")))?;
         if batch.anchored.is_some() {
             return Ok(BatchOutcome::AlreadyAnchored(batch_id));
         }
+        if batch.failed.is_some() {
+            return Ok(BatchOutcome::Failed(batch_id));
+        }
         // One worker at a time per batch, across processes: a re-announced or duplicated
-        // batch message must not produce a second transaction while the first is under way.
-        // The lock is held until this function returns, after the anchor is recorded.
+        // batch message should not run a second anchor alongside the first. (This lock only
+        // saves work: were it lost, the transaction manager would still send nothing twice,
+        // since it settles the batch's journaled transactions under the wallet lock.)
         let _lock = self
             .store
             .try_lock_batch(batch_id)
@@ -359,16 +433,17 @@ impl Worker {
         if anchored_meanwhile {
             return Ok(BatchOutcome::AlreadyAnchored(batch_id));
         }
+        let permanent = |reason: String| BatchError::Permanent { batch_id, reason };
         let file = self
             .blobs
             .get(&batch_file_key(batch_id))
             .await
             .map_err(|e| retryable("reading the batch file")(&e))?
-            .ok_or_else(|| BatchError::Permanent(format!("batch file of {batch_id} is missing")))?;
+            .ok_or_else(|| permanent(format!("batch file of {batch_id} is missing")))?;
         let (file_id, leaves) = decode_batch_file(&file)
-            .map_err(|e| BatchError::Permanent(format!("batch {batch_id}: {e}")))?;
+            .map_err(|e| permanent(format!("batch file of {batch_id}: {e}")))?;
         if file_id != batch_id || leaves.len() != batch.request_count as usize {
-            return Err(BatchError::Permanent(format!(
+            return Err(permanent(format!(
                 "batch file of {batch_id} does not match its record ({} leaves, {} members)",
                 leaves.len(),
                 batch.request_count
@@ -380,39 +455,69 @@ impl Worker {
         let tree = tokio::task::spawn_blocking(move || MerkleTree::build_parallel(leaves, threads))
             .await
             .map_err(|e| retryable("tree build task")(&e))?
-            .map_err(|e| BatchError::Permanent(format!("batch {batch_id}: {e}")))?;
+            .map_err(|e| permanent(format!("batch {batch_id}: {e}")))?;
+        let tree = Arc::new(tree);
         let build_ms = build_started.elapsed().as_millis() as u64;
 
         let anchor_started = Instant::now();
-        // Every anchoring failure leaves the batch retryable: the batch itself is fine, and
-        // what failed (the chain, the wallet's funds or permission) can be fixed.
-        let tx_hash = self
-            .anchorer
-            .anchor_root(batch_id, tree.root_digest())
-            .await
-            .map_err(|e| {
-                if !e.retryable {
-                    tracing::error!(batch.id = %batch_id, error = %e, "anchoring needs an operator; the batch stays queued");
-                }
-                BatchError::Retryable(format!("anchoring: {e}"))
-            })?;
-        let anchor_ms = anchor_started.elapsed().as_millis() as u64;
-
         let chain_id = self.anchorer.chain_id();
-        let proof = AnchorProof::contract(tree.root(), tx_hash, chain_id.clone());
-        let chunk = self.config.chunk_leaves;
-        let artifact_started = Instant::now();
-        let (artifact, root_cid, proof_cid) = tokio::task::spawn_blocking(move || {
-            let artifact = encode_artifact(&tree, &proof, chunk);
-            (artifact, tree.root().to_string(), proof.cid().to_string())
-        })
-        .await
-        .map_err(|e| retryable("artifact task")(&e))?;
-        self.blobs
-            .put(&tree_artifact_key(batch_id), Bytes::from(artifact))
-            .await
-            .map_err(|e| retryable("writing the tree artifact")(&e))?;
-        let artifact_ms = artifact_started.elapsed().as_millis() as u64;
+        let mut written: Option<([u8; 32], String, String)> = None;
+        let mut artifact_ms = 0;
+        for round in 1.. {
+            // Every anchoring failure leaves the batch retryable: the batch itself is fine,
+            // and what failed (the chain, the wallet's funds or permission) can be fixed.
+            let tx_hash = tokio::select! {
+                anchored = self.anchorer.anchor_root(batch_id, tree.root_digest()) => anchored.map_err(|e| {
+                    if !e.retryable {
+                        tracing::error!(batch.id = %batch_id, error = %e, "anchoring needs an operator; the batch stays queued");
+                    }
+                    BatchError::Retryable(format!("anchoring: {e}"))
+                })?,
+                () = stop.cancelled() => return Err(BatchError::Interrupted(
+                    "stopping during the anchor; what was sent is journaled and resumed by the next worker".into(),
+                )),
+            };
+            if written.as_ref().is_none_or(|(hash, _, _)| *hash != tx_hash) {
+                let artifact_started = Instant::now();
+                let proof = AnchorProof::contract(tree.root(), tx_hash, chain_id.clone());
+                let chunk = self.config.chunk_leaves;
+                let for_artifact = Arc::clone(&tree);
+                let (artifact, root_cid, proof_cid) = tokio::task::spawn_blocking(move || {
+                    let artifact = encode_artifact(&for_artifact, &proof, chunk);
+                    (
+                        artifact,
+                        for_artifact.root().to_string(),
+                        proof.cid().to_string(),
+                    )
+                })
+                .await
+                .map_err(|e| retryable("artifact task")(&e))?;
+                self.blobs
+                    .put(&tree_artifact_key(batch_id), Bytes::from(artifact))
+                    .await
+                    .map_err(|e| retryable("writing the tree artifact")(&e))?;
+                artifact_ms += artifact_started.elapsed().as_millis() as u64;
+                written = Some((tx_hash, root_cid, proof_cid));
+            }
+            // The batch is reported COMPLETED only if its transaction is still where it was
+            // confirmed: a reorganisation in between sends it again instead.
+            let still = self
+                .anchorer
+                .confirmed(batch_id)
+                .await
+                .map_err(|e| retryable("checking the anchor")(&e))?;
+            if still == Some(tx_hash) {
+                break;
+            }
+            if round >= 3 {
+                return Err(BatchError::Retryable(format!(
+                    "the anchor of batch {batch_id} keeps leaving the canonical chain"
+                )));
+            }
+            tracing::warn!(batch.id = %batch_id, tx.hash = %format!("0x{}", hex_lower(&tx_hash)), "the anchor transaction left the canonical chain before the batch was recorded; anchoring again");
+        }
+        let anchor_ms = anchor_started.elapsed().as_millis() as u64 - artifact_ms;
+        let (tx_hash, root_cid, proof_cid) = written.expect("set by the loop");
 
         let tx_hex = format!("0x{}", hex_lower(&tx_hash));
         self.store

@@ -1,29 +1,30 @@
-//! Sending `anchorDagCbor(root)` transactions.
+//! [`EvmAnchorer`]: the real node behind [`AnchorChain`], over JSON-RPC with alloy.
 //!
-//! One attempt is split into steps so that a later transaction journal, nonce mutex and fee
-//! bumping can slot in between them: [`EvmAnchorer::pending_nonce`] and
-//! [`EvmAnchorer::suggest_fees`] → [`EvmAnchorer::sign_anchor`] (pure signing, nothing sent)
-//! → [`EvmAnchorer::broadcast`] → [`EvmAnchorer::wait_for_confirmation`].
-//! [`EvmAnchorer::anchor_root`] runs them in order under one time limit. The journaled
-//! transaction manager in `cas-worker` drives them itself, with [`EvmAnchorer::inclusion`]
-//! and [`EvmAnchorer::latest_nonce`] to follow attempts it sent before.
+//! It only observes and acts, one call at a time (nonces, fees, signing, sending, receipts,
+//! blocks). Nothing here anchors a batch on its own: the journaled transaction manager in
+//! `cas-worker` decides what to send and when, so every transaction goes through its journal.
 
 use std::fmt;
 use std::time::Duration;
 
+use alloy::eips::BlockNumberOrTag;
 use alloy::eips::eip2718::Encodable2718;
 use alloy::network::{NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::TransactionRequest;
 use alloy::sol_types::SolCall;
+use async_trait::async_trait;
 use secrecy::SecretString;
-use tokio::time::Instant;
 
 use crate::contract::{ANCHOR_CONTRACT_ADDRESS, CeramicAnchor};
 use crate::error::{from_contract, from_transport, is_already_known};
+use crate::node::{AnchorChain, BlockInfo, Inclusion, Payload, WalletTx};
 use crate::signer::{AnchorSigner, SignerSource, parse_key};
 use crate::{ChainError, ChainId, connect_root};
+
+/// Gas of a plain transfer: what a [`Payload::Filler`] costs.
+const TRANSFER_GAS: u64 = 21_000;
 
 /// Settings for [`EvmAnchorer::connect`]. `Debug` never shows the signing key.
 #[derive(Debug, Clone)]
@@ -38,18 +39,15 @@ pub struct AnchorerConfig {
     pub expected_chain_id: Option<ChainId>,
     /// Blocks that must include or follow the transaction's block (1 = included). Default 1.
     pub confirmations: u64,
-    /// Time limit for one attempt of [`EvmAnchorer::anchor_root`] (build, sign, broadcast,
-    /// receipt, confirmations). Default 60 s, as in the reference service.
-    pub attempt_timeout: Duration,
-    /// How often to poll for the receipt and new blocks. Default 1 s.
+    /// How often to poll for receipts and new blocks. Default 1 s.
     pub poll_interval: Duration,
     /// Extra gas on top of `eth_estimateGas`, in percent. Default 10.
     pub gas_limit_margin_percent: u64,
 }
 
 impl AnchorerConfig {
-    /// A config with the defaults: the official contract, any chain, 1 confirmation,
-    /// 60 s per attempt, 1 s polling.
+    /// A config with the defaults: the official contract, any chain, 1 confirmation, 1 s
+    /// polling.
     pub fn new(rpc_url: impl Into<String>, signing_key: SecretString) -> Self {
         Self::with_signer(rpc_url, SignerSource::PrivateKey(signing_key))
     }
@@ -62,7 +60,6 @@ impl AnchorerConfig {
             contract: ANCHOR_CONTRACT_ADDRESS,
             expected_chain_id: None,
             confirmations: 1,
-            attempt_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             gas_limit_margin_percent: 10,
         }
@@ -84,17 +81,6 @@ pub struct AnchorTx {
     pub effective_gas_price: u128,
 }
 
-/// A transaction's receipt: where it was included and whether it succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inclusion {
-    /// The including block.
-    pub block_number: u64,
-    /// Its hash.
-    pub block_hash: B256,
-    /// Receipt status: false if it reverted.
-    pub success: bool,
-}
-
 /// EIP-1559 fee caps for one transaction, in wei per gas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fees {
@@ -104,12 +90,12 @@ pub struct Fees {
     pub max_priority_fee_per_gas: u128,
 }
 
-/// A signed anchor transaction, not yet broadcast. Everything a journal would record.
+/// A signed transaction, not yet broadcast. Everything a journal would record.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedAnchorTx {
     /// The transaction hash.
     pub tx_hash: B256,
-    /// The root digest it anchors.
+    /// The root digest it anchors (all zeros for a [`Payload::Filler`]).
     pub root_digest: [u8; 32],
     /// The sender's nonce it uses.
     pub nonce: u64,
@@ -141,7 +127,8 @@ impl fmt::Debug for SignedAnchorTx {
     }
 }
 
-/// Sends anchor transactions from one wallet to the anchor contract.
+/// A real Ethereum node: signs and sends from one wallet to the anchor contract, and reads
+/// what the transaction manager needs ([`AnchorChain`]).
 #[derive(Clone)]
 pub struct EvmAnchorer {
     provider: RootProvider,
@@ -150,7 +137,6 @@ pub struct EvmAnchorer {
     contract: Address,
     chain_id: ChainId,
     confirmations: u64,
-    attempt_timeout: Duration,
     poll_interval: Duration,
     gas_limit_margin_percent: u64,
 }
@@ -162,7 +148,6 @@ impl fmt::Debug for EvmAnchorer {
             .field("contract", &self.contract)
             .field("chain_id", &self.chain_id)
             .field("confirmations", &self.confirmations)
-            .field("attempt_timeout", &self.attempt_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -201,11 +186,10 @@ impl EvmAnchorer {
             contract: config.contract,
             chain_id: actual,
             confirmations: config.confirmations.max(1),
-            attempt_timeout: config.attempt_timeout,
             poll_interval: config.poll_interval,
             gas_limit_margin_percent: config.gas_limit_margin_percent,
         };
-        if !anchorer.is_allowed().await? {
+        if !anchorer.allowed().await? {
             return Err(ChainError::NotAllowed {
                 wallet: address,
                 contract: config.contract,
@@ -215,42 +199,8 @@ impl EvmAnchorer {
         Ok(anchorer)
     }
 
-    /// The chain the endpoint serves.
-    pub fn chain_id(&self) -> ChainId {
-        self.chain_id
-    }
-
-    /// The wallet's address.
-    pub fn wallet(&self) -> Address {
-        self.address
-    }
-
-    /// The anchor contract's address.
-    pub fn contract(&self) -> Address {
-        self.contract
-    }
-
-    /// Blocks that must include or follow a transaction before it counts.
-    pub fn confirmations(&self) -> u64 {
-        self.confirmations
-    }
-
-    /// How often to poll the node.
-    pub fn poll_interval(&self) -> Duration {
-        self.poll_interval
-    }
-
-    /// The wallet's balance in wei (latest block).
-    pub async fn balance(&self) -> Result<U256, ChainError> {
-        self.provider
-            .get_balance(self.address)
-            .await
-            .map_err(from_transport)
-    }
-
-    /// Whether the contract lets this wallet anchor:
     /// `isServiceAllowed(wallet) || owner() == wallet`.
-    pub async fn is_allowed(&self) -> Result<bool, ChainError> {
+    async fn allowed(&self) -> Result<bool, ChainError> {
         let contract = CeramicAnchor::new(self.contract, &self.provider);
         let allowed = contract
             .isServiceAllowed(self.address)
@@ -268,79 +218,87 @@ impl EvmAnchorer {
         Ok(owner == self.address)
     }
 
-    /// Anchor `root_digest` (the sha256 digest of the dag-cbor Merkle root, i.e. the root
-    /// CID without its `01 71 12 20` prefix): send `anchorDagCbor(root_digest)` as an
-    /// EIP-1559 transaction to the contract, wait for its receipt and the configured
-    /// confirmations, and fail if it reverted. The whole attempt is bounded by
-    /// `attempt_timeout`; on timeout the transaction may still be mined later.
-    pub async fn anchor_root(&self, root_digest: [u8; 32]) -> Result<AnchorTx, ChainError> {
-        let deadline = Instant::now() + self.attempt_timeout;
-        let timeout = |tx_hash| ChainError::Timeout {
-            tx_hash,
-            after: self.attempt_timeout,
-        };
-
-        let signed = tokio::time::timeout_at(deadline, async {
-            let nonce = self.pending_nonce().await?;
-            let fees = self.suggest_fees().await?;
-            self.sign_anchor(root_digest, nonce, fees).await
-        })
-        .await
-        .map_err(|_| timeout(None))??;
-        tracing::info!(tx = ?signed, "sending anchor transaction");
-
-        let tx = tokio::time::timeout_at(deadline, async {
-            self.broadcast(&signed).await?;
-            self.wait_for_confirmation(signed.tx_hash).await
-        })
-        .await
-        .map_err(|_| timeout(Some(signed.tx_hash)))??;
-        tracing::info!(
-            tx_hash = %B256::from(tx.tx_hash),
-            block = tx.block_number,
-            gas_used = tx.gas_used,
-            "anchor transaction confirmed"
-        );
-        Ok(tx)
+    /// The transaction request for `anchorDagCbor(root_digest)` from this wallet, without
+    /// nonce, fees or gas limit.
+    pub fn anchor_request(&self, root_digest: [u8; 32]) -> TransactionRequest {
+        TransactionRequest::default()
+            .with_from(self.address)
+            .with_to(self.contract)
+            .with_input(anchor_calldata(root_digest))
+            .with_chain_id(self.chain_id.0)
     }
 
-    /// The wallet's next nonce, counting its pending transactions.
-    pub async fn pending_nonce(&self) -> Result<u64, ChainError> {
+    /// Gas for the anchor call plus the configured margin. Fails with
+    /// [`ChainError::NotAllowed`] if the wallet is not (or no longer) allowed by the contract,
+    /// and with [`ChainError::WouldRevert`] if the call would revert for another reason.
+    async fn anchor_gas(&self, request: &TransactionRequest) -> Result<u64, ChainError> {
+        let estimate = match self.provider.estimate_gas(request.clone()).await {
+            Ok(gas) => gas,
+            Err(e) => {
+                let err = from_transport(e);
+                if matches!(err, ChainError::WouldRevert(_)) && !self.allowed().await? {
+                    return Err(ChainError::NotAllowed {
+                        wallet: self.address,
+                        contract: self.contract,
+                    });
+                }
+                return Err(err);
+            }
+        };
+        Ok(estimate.saturating_add(estimate * self.gas_limit_margin_percent / 100))
+    }
+}
+
+#[async_trait]
+impl AnchorChain for EvmAnchorer {
+    fn chain_id(&self) -> ChainId {
+        self.chain_id
+    }
+
+    fn wallet(&self) -> Address {
+        self.address
+    }
+
+    fn contract(&self) -> Address {
+        self.contract
+    }
+
+    fn confirmations(&self) -> u64 {
+        self.confirmations
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    async fn balance(&self) -> Result<U256, ChainError> {
         self.provider
-            .get_transaction_count(self.address)
-            .pending()
+            .get_balance(self.address)
             .await
             .map_err(from_transport)
     }
 
-    /// The number of the wallet's transactions in the latest block: every nonce below it is
-    /// used.
-    pub async fn latest_nonce(&self) -> Result<u64, ChainError> {
+    async fn is_allowed(&self) -> Result<bool, ChainError> {
+        self.allowed().await
+    }
+
+    async fn head(&self) -> Result<u64, ChainError> {
         self.provider
-            .get_transaction_count(self.address)
-            .latest()
+            .get_block_number()
             .await
             .map_err(from_transport)
     }
 
-    /// The receipt of a transaction, if it is in a block (of the node's current chain).
-    pub async fn inclusion(&self, tx_hash: B256) -> Result<Option<Inclusion>, ChainError> {
-        let Some(receipt) = self.receipt(tx_hash).await? else {
-            return Ok(None);
-        };
-        let (Some(block_number), Some(block_hash)) = (receipt.block_number, receipt.block_hash)
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Inclusion {
-            block_number,
-            block_hash,
-            success: receipt.status(),
-        }))
+    async fn nonce_at(&self, block: Option<u64>) -> Result<u64, ChainError> {
+        let count = self.provider.get_transaction_count(self.address);
+        match block {
+            Some(number) => count.number(number).await,
+            None => count.latest().await,
+        }
+        .map_err(from_transport)
     }
 
-    /// The node's EIP-1559 fee suggestion (from `eth_feeHistory`).
-    pub async fn suggest_fees(&self) -> Result<Fees, ChainError> {
+    async fn suggest_fees(&self) -> Result<Fees, ChainError> {
         let estimate = self
             .provider
             .estimate_eip1559_fees()
@@ -352,42 +310,27 @@ impl EvmAnchorer {
         })
     }
 
-    /// The transaction request for `anchorDagCbor(root_digest)` from this wallet, without
-    /// nonce, fees or gas limit.
-    pub fn anchor_request(&self, root_digest: [u8; 32]) -> TransactionRequest {
-        TransactionRequest::default()
-            .with_from(self.address)
-            .with_to(self.contract)
-            .with_input(anchor_calldata(root_digest))
-            .with_chain_id(self.chain_id.0)
-    }
-
-    /// Estimate the gas (plus the configured margin) and sign the anchor transaction with
-    /// the given nonce and fees. Nothing is broadcast. Fails with [`ChainError::NotAllowed`]
-    /// if the wallet is not (or no longer) allowed by the contract, and with
-    /// [`ChainError::WouldRevert`] if the call would revert for another reason.
-    pub async fn sign_anchor(
+    async fn sign(
         &self,
-        root_digest: [u8; 32],
+        payload: Payload,
         nonce: u64,
         fees: Fees,
     ) -> Result<SignedAnchorTx, ChainError> {
-        let request = self.anchor_request(root_digest);
-        let estimate = match self.provider.estimate_gas(request.clone()).await {
-            Ok(gas) => gas,
-            Err(e) => {
-                let err = from_transport(e);
-                if matches!(err, ChainError::WouldRevert(_)) && !self.is_allowed().await? {
-                    return Err(ChainError::NotAllowed {
-                        wallet: self.address,
-                        contract: self.contract,
-                    });
-                }
-                return Err(err);
+        let (request, gas_limit, root_digest) = match payload {
+            Payload::Anchor { root_digest } => {
+                let request = self.anchor_request(root_digest);
+                let gas = self.anchor_gas(&request).await?;
+                (request, gas, root_digest)
+            }
+            Payload::Filler => {
+                let request = TransactionRequest::default()
+                    .with_from(self.address)
+                    .with_to(self.address)
+                    .with_value(U256::ZERO)
+                    .with_chain_id(self.chain_id.0);
+                (request, TRANSFER_GAS, [0; 32])
             }
         };
-        let gas_limit = estimate.saturating_add(estimate * self.gas_limit_margin_percent / 100);
-
         let mut request = request
             .with_nonce(nonce)
             .with_gas_limit(gas_limit)
@@ -408,9 +351,7 @@ impl EvmAnchorer {
         })
     }
 
-    /// Send a signed transaction. Sending the same transaction again is harmless: an
-    /// "already known" answer counts as success.
-    pub async fn broadcast(&self, tx: &SignedAnchorTx) -> Result<(), ChainError> {
+    async fn broadcast(&self, tx: &SignedAnchorTx) -> Result<(), ChainError> {
         match self.provider.send_raw_transaction(&tx.raw).await {
             Ok(pending) => {
                 if *pending.tx_hash() != tx.tx_hash {
@@ -427,73 +368,53 @@ impl EvmAnchorer {
         }
     }
 
-    /// Wait (without a time limit; wrap it in one) until `tx_hash` is mined and has the
-    /// configured number of confirmations, then return it. A reverted transaction is
-    /// [`ChainError::Reverted`]. If the including block is reorganised away while waiting,
-    /// keeps waiting for the transaction's new inclusion.
-    pub async fn wait_for_confirmation(&self, tx_hash: B256) -> Result<AnchorTx, ChainError> {
-        loop {
-            if let Some(tx) = self.confirmed(tx_hash).await? {
-                return Ok(tx);
-            }
-            tokio::time::sleep(self.poll_interval).await;
-        }
-    }
-
-    /// One poll of [`Self::wait_for_confirmation`]: `Some` once the transaction is mined,
-    /// confirmed and still in the same block.
-    async fn confirmed(&self, tx_hash: B256) -> Result<Option<AnchorTx>, ChainError> {
-        let Some(receipt) = self.receipt(tx_hash).await? else {
+    async fn receipt(&self, tx_hash: B256) -> Result<Option<Inclusion>, ChainError> {
+        let Some(receipt) = self
+            .provider
+            .get_transaction_receipt(tx_hash)
+            .await
+            .map_err(from_transport)?
+        else {
             return Ok(None);
         };
         let (Some(block_number), Some(block_hash)) = (receipt.block_number, receipt.block_hash)
         else {
             return Ok(None); // pending
         };
-        let head = self
-            .provider
-            .get_block_number()
-            .await
-            .map_err(from_transport)?;
-        if head.saturating_add(1) < block_number.saturating_add(self.confirmations) {
-            return Ok(None);
-        }
-        let Some(block) = self
-            .provider
-            .get_block_by_hash(block_hash)
-            .await
-            .map_err(from_transport)?
-        else {
-            return Ok(None); // reorganised away; look again
-        };
-        // After the confirmations the receipt must still point at the same block.
-        match self.receipt(tx_hash).await? {
-            Some(again) if again.block_hash == Some(block_hash) => {}
-            _ => return Ok(None),
-        }
-        if !receipt.status() {
-            return Err(ChainError::Reverted {
-                tx_hash,
-                block_number,
-            });
-        }
-        Ok(Some(AnchorTx {
-            tx_hash: tx_hash.0,
+        Ok(Some(Inclusion {
             block_number,
-            block_timestamp: block.header.timestamp,
+            block_hash,
+            success: receipt.status(),
             gas_used: receipt.gas_used,
             effective_gas_price: receipt.effective_gas_price,
         }))
     }
 
-    async fn receipt(
-        &self,
-        tx_hash: B256,
-    ) -> Result<Option<alloy::rpc::types::TransactionReceipt>, ChainError> {
-        self.provider
-            .get_transaction_receipt(tx_hash)
+    async fn block(&self, number: u64) -> Result<Option<BlockInfo>, ChainError> {
+        let Some(block) = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .full()
             .await
-            .map_err(from_transport)
+            .map_err(from_transport)?
+        else {
+            return Ok(None);
+        };
+        let wallet_txs = block
+            .transactions
+            .txns()
+            .filter(|tx| tx.inner.signer() == self.address)
+            .map(|tx| WalletTx {
+                nonce: alloy::consensus::Transaction::nonce(tx.inner.inner()),
+                tx_hash: *tx.inner.tx_hash(),
+            })
+            .collect();
+        Ok(Some(BlockInfo {
+            number: block.header.number,
+            hash: block.header.hash,
+            timestamp: block.header.timestamp,
+            wallet_txs,
+        }))
     }
 }
 

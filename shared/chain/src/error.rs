@@ -234,7 +234,9 @@ pub(crate) fn is_already_known(e: &TransportError) -> bool {
     match e {
         RpcError::ErrorResp(p) => {
             let m = p.message.to_ascii_lowercase();
-            m.contains("already known") || m.contains("known transaction")
+            m.contains("already known")
+                || m.contains("known transaction")
+                || m.contains("already imported")
         }
         _ => false,
     }

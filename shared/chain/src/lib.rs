@@ -3,8 +3,10 @@
 //! - [`fetch_chain_id`]: which chain an RPC endpoint serves, as CAIP-2 (`eip155:<id>`);
 //! - [`contract`]: the anchor contract (official address, ABI bindings, bytecode) and
 //!   [`install_contract_for_dev`], which places it on a local anvil chain;
-//! - [`EvmAnchorer`]: sends `anchorDagCbor(root)` transactions and waits for them, one step
-//!   at a time when asked (nonce, fees, signing, broadcast, inclusion, confirmations);
+//! - [`AnchorChain`]: the chain seam, what the transaction manager asks of a node (nonces,
+//!   fees, signing, sending, receipts, blocks); [`EvmAnchorer`] implements it for a real node
+//!   and, with the `fake` feature, [`fake::FakeChain`] for a scripted one that shows faults
+//!   on demand;
 //! - [`FeePolicy`]: first fees from the node's estimate under a cap, replacement fees at
 //!   least 12.5 % higher on both EIP-1559 fields;
 //! - [`SignerSource`] / [`AnchorSigner`]: the wallet's key, local or in AWS KMS (feature
@@ -18,14 +20,16 @@ mod anchorer;
 pub mod contract;
 pub mod dev;
 mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod fees;
+mod node;
 mod signer;
 
 pub use alloy::primitives::Address;
 pub use alloy::primitives::{B256, U256};
 pub use anchorer::{
-    AnchorTx, AnchorerConfig, EvmAnchorer, Fees, Inclusion, SignedAnchorTx, anchor_calldata,
-    wallet_address,
+    AnchorTx, AnchorerConfig, EvmAnchorer, Fees, SignedAnchorTx, anchor_calldata, wallet_address,
 };
 pub use contract::{
     ANCHOR_CONTRACT_ADDRESS, CeramicAnchor, Installed, ensure_dev_chain, install_contract_for_dev,
@@ -33,6 +37,7 @@ pub use contract::{
 };
 pub use error::{ChainError, Rejection};
 pub use fees::FeePolicy;
+pub use node::{AnchorChain, BlockInfo, Inclusion, Payload, WalletTx};
 pub use signer::{AnchorSigner, SignerSource};
 
 /// A CAIP-2 chain id in the `eip155` namespace.
@@ -218,6 +223,8 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         fn send<T: Send>(_: &T) {}
         send_sync::<EvmAnchorer>();
-        let _check = |a: &EvmAnchorer| send(&a.anchor_root([0; 32]));
+        let _check = |a: &EvmAnchorer| send(&a.head());
+        let _object =
+            |a: EvmAnchorer| -> std::sync::Arc<dyn AnchorChain> { std::sync::Arc::new(a) };
     }
 }

@@ -14,8 +14,8 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent};
 use cas_chain::{
-    ANCHOR_CONTRACT_ADDRESS, AnchorerConfig, CeramicAnchor, ChainError, ChainId, EvmAnchorer,
-    Installed, install_contract_for_dev,
+    ANCHOR_CONTRACT_ADDRESS, AnchorChain, AnchorTx, AnchorerConfig, CeramicAnchor, ChainError,
+    ChainId, EvmAnchorer, Installed, Payload, install_contract_for_dev,
 };
 use secrecy::SecretString;
 
@@ -67,8 +67,50 @@ fn config(signer: &PrivateKeySigner) -> AnchorerConfig {
     let mut c = AnchorerConfig::new(rpc_url(), secret(signer));
     c.expected_chain_id = Some(expected_chain());
     c.poll_interval = Duration::from_millis(50);
-    c.attempt_timeout = Duration::from_secs(30);
     c
+}
+
+/// One anchor through the node's steps, without a journal (the transaction manager's job;
+/// here only the node's answers are under test): latest nonce, fees, sign, send, then the
+/// receipt, the confirmations and the block, as the manager reads them.
+async fn anchor_once(anchorer: &EvmAnchorer, root: [u8; 32]) -> Result<AnchorTx, ChainError> {
+    let nonce = anchorer.nonce_at(None).await?;
+    let fees = anchorer.suggest_fees().await?;
+    let signed = anchorer
+        .sign(Payload::Anchor { root_digest: root }, nonce, fees)
+        .await?;
+    anchorer.broadcast(&signed).await?;
+    // Sending it again is harmless; once it is mined, anvil answers that with a refusal
+    // ("transaction already imported", or "nonce too low"), which is why the transaction
+    // manager never acts on the answer to a re-broadcast.
+    let _ = anchorer.broadcast(&signed).await;
+    for _ in 0..600 {
+        if let Some(inclusion) = anchorer.receipt(signed.tx_hash).await? {
+            let head = anchorer.head().await?;
+            if head + 1 >= inclusion.block_number + anchorer.confirmations() {
+                if !inclusion.success {
+                    return Err(ChainError::Reverted {
+                        tx_hash: signed.tx_hash,
+                        block_number: inclusion.block_number,
+                    });
+                }
+                let block = anchorer
+                    .block(inclusion.block_number)
+                    .await?
+                    .expect("the receipt's block");
+                assert_eq!(block.hash, inclusion.block_hash);
+                return Ok(AnchorTx {
+                    tx_hash: signed.tx_hash.0,
+                    block_number: inclusion.block_number,
+                    block_timestamp: block.timestamp,
+                    gas_used: inclusion.gas_used,
+                    effective_gas_price: inclusion.effective_gas_price,
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("transaction {} not confirmed in 30 s", signed.tx_hash);
 }
 
 /// Send `input` to `contract` as its current owner, whoever that is (anvil impersonation,
@@ -216,7 +258,7 @@ async fn a_wallet_must_be_allowed_and_then_anchors_at_the_official_address() {
     assert!(!debug.contains(&key_hex), "{debug}");
 
     let root = random_root();
-    let tx = anchorer.anchor_root(root).await.unwrap();
+    let tx = anchor_once(&anchorer, root).await.unwrap();
     println!(
         "anchorDagCbor by an allow-listed wallet: {} gas",
         tx.gas_used
@@ -284,7 +326,7 @@ async fn a_wallet_must_be_allowed_and_then_anchors_at_the_official_address() {
     assert!(removed.status());
     assert!(!anchorer.is_allowed().await.unwrap());
     // Estimating the call reverts; the anchorer says why.
-    let err = anchorer.anchor_root(random_root()).await.unwrap_err();
+    let err = anchor_once(&anchorer, random_root()).await.unwrap_err();
     assert!(matches!(err, ChainError::NotAllowed { .. }), "{err}");
     assert!(err.to_string().contains("addCas"), "{err}");
     assert!(!err.is_retryable());
@@ -315,7 +357,7 @@ async fn the_owner_anchors_on_its_own_contract_and_waits_for_confirmations() {
         }
     });
     let root = random_root();
-    let tx = anchorer.anchor_root(root).await;
+    let tx = anchor_once(&anchorer, root).await;
     miner.abort();
     let tx = tx.unwrap();
     println!("anchorDagCbor by the owner: {} gas", tx.gas_used);
@@ -374,4 +416,82 @@ async fn install_reports_an_unreachable_node() {
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err}");
+}
+
+/// What the transaction manager reads to prove which transaction used a nonce, from a real
+/// node: the wallet's transaction count after a given block, and the wallet's transactions
+/// in a block. Fillers (transfers of nothing to the wallet itself) are signed and mined too.
+#[tokio::test]
+async fn the_node_shows_which_transaction_used_each_nonce() {
+    let p = provider();
+    let signer = funded_wallet(&p).await;
+    let owner_contract = PrivateKeySigner::random().address();
+    install_contract_for_dev(&rpc_url(), owner_contract, signer.address())
+        .await
+        .unwrap();
+    let mut c = config(&signer);
+    c.contract = owner_contract;
+    let anchorer = EvmAnchorer::connect(c).await.unwrap();
+    let before = anchorer.head().await.unwrap();
+    assert_eq!(anchorer.nonce_at(None).await.unwrap(), 0);
+
+    let mut sent = Vec::new();
+    for nonce in 0..2 {
+        let fees = anchorer.suggest_fees().await.unwrap();
+        let filler = anchorer.sign(Payload::Filler, nonce, fees).await.unwrap();
+        assert_eq!(filler.root_digest, [0; 32]);
+        assert_eq!(filler.gas_limit, 21_000);
+        anchorer.broadcast(&filler).await.unwrap();
+        let mut inclusion = None;
+        for _ in 0..200 {
+            inclusion = anchorer.receipt(filler.tx_hash).await.unwrap();
+            if inclusion.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let inclusion = inclusion.expect("mined");
+        assert!(inclusion.success);
+        sent.push((filler.tx_hash, inclusion.block_number));
+    }
+    assert_eq!(anchorer.nonce_at(None).await.unwrap(), 2);
+    assert_eq!(anchorer.nonce_at(Some(before)).await.unwrap(), 0);
+    for (nonce, (hash, block_number)) in sent.iter().enumerate() {
+        assert_eq!(
+            anchorer.nonce_at(Some(*block_number)).await.unwrap(),
+            nonce as u64 + 1
+        );
+        assert_eq!(
+            anchorer.nonce_at(Some(block_number - 1)).await.unwrap(),
+            nonce as u64
+        );
+        let block = anchorer.block(*block_number).await.unwrap().expect("block");
+        assert_eq!(block.number, *block_number);
+        let ours: Vec<_> = block
+            .wallet_txs
+            .iter()
+            .map(|t| (t.nonce, t.tx_hash))
+            .collect();
+        assert_eq!(
+            ours,
+            vec![(nonce as u64, *hash)],
+            "only the wallet's transactions"
+        );
+    }
+    assert!(
+        anchorer
+            .block(anchorer.head().await.unwrap() + 1000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A nonce that is used: the node refuses it, and says why.
+    let fees = anchorer.suggest_fees().await.unwrap();
+    let stale = anchorer.sign(Payload::Filler, 0, fees).await.unwrap();
+    let err = anchorer.broadcast(&stale).await.unwrap_err();
+    assert_eq!(
+        err.rejection(),
+        Some(cas_chain::Rejection::NonceTooLow),
+        "{err}"
+    );
 }

@@ -172,6 +172,18 @@ pub struct TxAttempt {
     pub updated_at: DateTime<Utc>,
 }
 
+impl TxAttempt {
+    /// Whether this attempt shows its nonce used on chain: `Mined`, `Dropped`, or `Failed`
+    /// in a block (reverted).
+    pub fn nonce_used(&self) -> bool {
+        match self.state {
+            TxState::Mined | TxState::Dropped => true,
+            TxState::Failed => self.block_number.is_some(),
+            TxState::Signed | TxState::Broadcast | TxState::Replaced => false,
+        }
+    }
+}
+
 impl std::ops::Deref for TxAttempt {
     type Target = NewTxAttempt;
 
@@ -217,17 +229,58 @@ impl fmt::Debug for TxAttempt {
     }
 }
 
+/// Something that keeps a lock held and can tell whether it still is.
+#[async_trait]
+pub trait HeldLock: Send + 'static {
+    /// Whether the lock is still held. `false` (or an error) means it may have been lost:
+    /// its connection died, the database failed over, or an operator killed its backend.
+    async fn is_held(&mut self) -> Result<bool, StoreError>;
+}
+
+/// A lock held by a guard that cannot lose it while it lives (an in-process mutex guard).
+struct Always<T>(T);
+
+#[async_trait]
+impl<T: Send + 'static> HeldLock for Always<T> {
+    async fn is_held(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
 /// The exclusive right to send transactions from one wallet; released when dropped (or when
 /// its holder's connection or process dies).
+///
+/// A lock kept by a database connection can be lost without the holder noticing (the
+/// connection dies, the database fails over): call [`WalletLock::ensure_held`] right before
+/// every action that must not happen without it.
 pub struct WalletLock {
-    _held: Box<dyn std::any::Any + Send>,
+    held: Box<dyn HeldLock>,
 }
 
 impl WalletLock {
-    /// Wrap whatever keeps the lock held (a transaction, a mutex guard).
-    pub fn new(held: impl std::any::Any + Send) -> Self {
+    /// A lock held as long as `held` lives (a mutex guard): it cannot be lost.
+    pub fn new(held: impl Send + 'static) -> Self {
         Self {
-            _held: Box::new(held),
+            held: Box::new(Always(held)),
+        }
+    }
+
+    /// A lock that can be lost; `held` checks.
+    pub fn checked(held: impl HeldLock) -> Self {
+        Self {
+            held: Box::new(held),
+        }
+    }
+
+    /// `Ok` if the lock is still held, [`StoreError::LockLost`] if not (or if that cannot be
+    /// told: then it must be assumed lost).
+    pub async fn ensure_held(&mut self) -> Result<(), StoreError> {
+        match self.held.is_held().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::LockLost("the lock is no longer held".into())),
+            Err(e) => Err(StoreError::LockLost(format!(
+                "cannot tell whether the lock is still held: {e}"
+            ))),
         }
     }
 }
@@ -281,6 +334,18 @@ pub trait TxJournal: Send + Sync + 'static {
     /// Every attempt at the wallet's open nonces (those with a `Signed` or `Broadcast`
     /// attempt), all states included, ordered by nonce, then oldest first.
     async fn open_attempts(&self, wallet: &WalletKey) -> Result<Vec<TxAttempt>, StoreError>;
+
+    /// The highest nonce of the wallet that the journal knows to be used on chain: one of its
+    /// attempts is `Mined`, `Dropped` (used by another transaction), or `Failed` with a block
+    /// number (mined and reverted). `None` if there is none.
+    async fn highest_used_nonce(&self, wallet: &WalletKey) -> Result<Option<u64>, StoreError>;
+
+    /// The wallet's newest `Mined` attempts, at most `limit`, newest first.
+    async fn mined_attempts(
+        &self,
+        wallet: &WalletKey,
+        limit: i64,
+    ) -> Result<Vec<TxAttempt>, StoreError>;
 
     /// Take the wallet's send lock, waiting at most `max_wait`. `Ok(None)`: someone else
     /// held it the whole time.
@@ -399,6 +464,25 @@ impl TxJournal for MemoryTxJournal {
             .filter(|r| open.contains(&r.nonce))
             .collect();
         rows.sort_by_key(|r| r.nonce); // stable: insertion order within a nonce
+        Ok(rows)
+    }
+
+    async fn highest_used_nonce(&self, wallet: &WalletKey) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .select(|r| r.wallet == *wallet && r.nonce_used())
+            .iter()
+            .map(|r| r.nonce)
+            .max())
+    }
+
+    async fn mined_attempts(
+        &self,
+        wallet: &WalletKey,
+        limit: i64,
+    ) -> Result<Vec<TxAttempt>, StoreError> {
+        let mut rows = self.select(|r| r.wallet == *wallet && r.state == TxState::Mined);
+        rows.reverse();
+        rows.truncate(limit.max(0) as usize);
         Ok(rows)
     }
 

@@ -42,8 +42,51 @@ pub async fn run_all(journal: &dyn TxJournal) {
     states_and_blocks_are_updated(journal).await;
     open_attempts_are_the_unsettled_nonces(journal).await;
     nonce_attempts_cover_every_state_and_batch(journal).await;
+    used_nonces_and_mined_attempts_are_found(journal).await;
     wallet_locks_are_exclusive_and_bounded(journal).await;
     a_waiting_locker_gets_the_lock_when_it_is_released(journal).await;
+}
+
+/// The highest used nonce counts only attempts that show their nonce used on chain; the
+/// mined attempts come newest first, bounded.
+pub async fn used_nonces_and_mined_attempts_are_found(journal: &dyn TxJournal) {
+    let w = wallet(1);
+    assert_eq!(journal.highest_used_nonce(&w).await.unwrap(), None);
+    assert!(journal.mined_attempts(&w, 10).await.unwrap().is_empty());
+    let batch = Uuid::now_v7();
+    let rows: Vec<NewTxAttempt> = (0..7).map(|n| attempt(batch, w, n)).collect();
+    for row in &rows {
+        journal.record_attempt(row).await.unwrap();
+    }
+    let set = |i: usize, state, block| {
+        let hash = rows[i].tx_hash;
+        async move {
+            journal
+                .set_attempt_state(&hash, state, block)
+                .await
+                .unwrap()
+        }
+    };
+    set(0, TxState::Mined, Some(10)).await;
+    set(1, TxState::Dropped, None).await;
+    set(2, TxState::Mined, Some(12)).await;
+    set(3, TxState::Failed, Some(13)).await; // mined, reverted: used
+    set(4, TxState::Failed, None).await; // refused: not used
+    set(5, TxState::Replaced, None).await;
+    // 6 stays Signed.
+    assert_eq!(journal.highest_used_nonce(&w).await.unwrap(), Some(3));
+    set(1, TxState::Dropped, None).await;
+    let other = wallet(1);
+    journal
+        .record_attempt(&attempt(batch, other, 99))
+        .await
+        .unwrap();
+    assert_eq!(journal.highest_used_nonce(&w).await.unwrap(), Some(3));
+
+    let mined = journal.mined_attempts(&w, 10).await.unwrap();
+    let nonces: Vec<u64> = mined.iter().map(|a| a.nonce).collect();
+    assert_eq!(nonces, [2, 0], "newest first, mined only");
+    assert_eq!(journal.mined_attempts(&w, 1).await.unwrap().len(), 1);
 }
 
 /// What is recorded reads back field for field, as `Signed`, per batch, oldest first.
@@ -260,6 +303,8 @@ pub async fn wallet_locks_are_exclusive_and_bounded(journal: &dyn TxJournal) {
         .unwrap();
     assert!(other.is_some(), "other wallets are not blocked");
 
+    let mut held = held;
+    held.ensure_held().await.expect("a lock held is held");
     drop(held);
     let again = journal
         .lock_wallet(&w, Duration::from_secs(5))

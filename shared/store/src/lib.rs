@@ -18,11 +18,14 @@ mod nonce;
 pub mod nonce_testsuite;
 mod pg;
 mod pg_journal;
+mod pg_lifecycle;
 mod pg_nonce;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
 mod sqlite_journal;
+#[cfg(feature = "sqlite")]
+mod sqlite_lifecycle;
 #[cfg(feature = "sqlite")]
 mod sqlite_nonce;
 #[cfg(feature = "test-support")]
@@ -36,12 +39,12 @@ use uuid::Uuid;
 
 pub use group_commit::{GroupCommitConfig, GroupCommitter, GroupReader};
 pub use journal::{
-    LocalWalletLocks, MemoryTxJournal, NewTxAttempt, TxAttempt, TxJournal, TxState, WalletKey,
-    WalletLock,
+    HeldLock, LocalWalletLocks, MemoryTxJournal, NewTxAttempt, TxAttempt, TxJournal, TxState,
+    WalletKey, WalletLock,
 };
 pub use model::{
     AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
-    messages,
+    SweepPosition, TipClaim, UnbatchedPage, messages,
 };
 pub use nonce::{MemoryNonceStore, NonceStore};
 pub use pg::{MIGRATOR, PgStore};
@@ -63,12 +66,15 @@ pub enum StoreError {
     /// The schema is older than this build expects.
     #[error("database schema is not up to date ({0}); run `cas migrate`")]
     NotMigrated(String),
+    /// A lock this process held was lost (its connection died, the database failed over).
+    #[error("lock lost: {0}")]
+    LockLost(String),
 }
 
 impl StoreError {
     /// Whether the same call may succeed if retried later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::LockLost(_))
     }
 }
 
@@ -144,29 +150,73 @@ pub trait RequestStore: Send + Sync + 'static {
         anchored: &AnchoredBatch,
     ) -> Result<bool, StoreError>;
 
-    /// Batches closed before `before` and not anchored yet, oldest first.
+    /// Batches last announced before `before` (or recorded then, if never announced) that
+    /// are neither anchored nor failed, oldest first.
     async fn unanchored_batches(
         &self,
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Uuid>, StoreError>;
 
+    /// Record that the batch's message was sent to the workers at `at`.
+    async fn mark_batch_announced(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Batches recorded before `before` whose message was never sent, neither anchored nor
+    /// failed, oldest first.
+    async fn unannounced_batches(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Mark a batch failed for good (its batch file is missing or corrupt). `Ok(false)` if
+    /// it is unknown, anchored, or failed already.
+    async fn fail_batch(&self, id: Uuid, reason: &str) -> Result<bool, StoreError>;
+
+    /// Failed batches whose members have not moved to a new batch yet, oldest first.
+    async fn failed_batches(&self, limit: i64) -> Result<Vec<Uuid>, StoreError>;
+
+    /// The members of a batch in leaf order: request id and CID.
+    async fn batch_members(&self, id: Uuid) -> Result<Vec<(Uuid, String)>, StoreError>;
+
+    /// Move every member of the failed batch `from` to the new batch `to`, keeping their
+    /// leaf order (`to.members` must be the members of `from` in leaf order), and record `to`
+    /// as `from`'s replacement, atomically. `Ok(false)` if `from` is not failed or was
+    /// replaced already (nothing is changed).
+    async fn rebatch(&self, from: Uuid, to: &NewBatch) -> Result<bool, StoreError>;
+
+    /// Forget the anchor of a batch whose transaction the chain lost (a reorganisation): it
+    /// is no longer anchored, and its requests are PENDING again until it is. `Ok(false)` if
+    /// it was not anchored.
+    async fn reopen_batch(&self, id: Uuid) -> Result<bool, StoreError>;
+
     /// Mark PENDING requests that are in no batch as REPLACED; returns how many changed.
     async fn replace_requests(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// PENDING requests in no batch, created in `(after, until]`, oldest first.
-    async fn unbatched_created_between(
+    /// Claim the newest tip of each claim's (stream id, origin) for its request, atomically
+    /// per pair and across every process sharing the store. A claim succeeds when the pair
+    /// has no tip yet, when its tip is the same request, or when the tip's client timestamp
+    /// is not newer; then the tip becomes the claim's request. Returns the requests whose
+    /// claim failed: a newer request of their stream and origin was batched before (they
+    /// are to be REPLACED). At most one claim per pair per call.
+    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<Vec<Uuid>, StoreError>;
+
+    /// PENDING requests in no batch, in the order their inserts committed, after `after`
+    /// (exclusive) and before the page's horizon, at most `limit`. Every request whose
+    /// insert commits later than this call has a position at or above the horizon; so a
+    /// scan that resumes from the horizon (or from any position it has not passed) never
+    /// misses a request, however late its insert committed.
+    async fn unbatched_after(
         &self,
-        after: DateTime<Utc>,
-        until: DateTime<Utc>,
+        after: SweepPosition,
         limit: i64,
-    ) -> Result<Vec<RequestRecord>, StoreError>;
+    ) -> Result<UnbatchedPage, StoreError>;
 
-    /// The stored checkpoint of a periodic job.
-    async fn checkpoint(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// The stored position of a periodic job.
+    async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Store the checkpoint of a periodic job.
-    async fn set_checkpoint(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Store the position of a periodic job.
+    async fn set_cursor(&self, name: &str, position: i64) -> Result<(), StoreError>;
 
     /// Take the exclusive processing lock of a batch, if no one holds it. The lock is held
     /// until the returned guard is dropped (or its holder's connection dies), across every

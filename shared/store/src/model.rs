@@ -75,8 +75,72 @@ pub struct BatchRecord {
     pub request_count: i32,
     /// When the batch was closed.
     pub created_at: DateTime<Utc>,
+    /// When its message was last sent to the workers.
+    pub announced_at: Option<DateTime<Utc>>,
     /// The anchor, once anchored.
     pub anchored: Option<AnchoredBatch>,
+    /// Why it failed for good, if it did.
+    pub failed: Option<String>,
+    /// The batch its members moved to after it failed.
+    pub replaced_by: Option<Uuid>,
+}
+
+/// A claim of the newest tip of a (stream id, origin) pair; see
+/// [`RequestStore::claim_tips`](crate::RequestStore::claim_tips).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TipClaim {
+    /// The stream.
+    pub stream_id: String,
+    /// Who asked.
+    pub origin: String,
+    /// The request claiming the tip.
+    pub request_id: Uuid,
+    /// Its client timestamp.
+    pub timestamp: ClientTimestamp,
+}
+
+impl TipClaim {
+    /// The stored key of the pair: the first 16 bytes of sha256(stream id, 0, origin).
+    pub fn key(&self) -> Uuid {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.stream_id.as_bytes());
+        hash.update([0]);
+        hash.update(self.origin.as_bytes());
+        let digest = hash.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        Uuid::from_bytes(key)
+    }
+}
+
+/// A position in the order in which requests were committed, with the request id breaking
+/// ties (one insert commits many requests at one position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SweepPosition {
+    /// The commit position (PostgreSQL: the inserting transaction's id; SQLite: the rowid).
+    pub position: i64,
+    /// The request id.
+    pub id: Uuid,
+}
+
+impl SweepPosition {
+    /// Just before every request at `position`.
+    pub fn before(position: i64) -> Self {
+        Self {
+            position,
+            id: Uuid::nil(),
+        }
+    }
+}
+
+/// A page of [`RequestStore::unbatched_after`](crate::RequestStore::unbatched_after).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnbatchedPage {
+    /// PENDING requests in no batch, in commit order, with their positions.
+    pub rows: Vec<(SweepPosition, RequestRecord)>,
+    /// Every request committed after the call has a position at or above this.
+    pub horizon: i64,
 }
 
 /// A stored request in its current state.

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use crate::{
     AnchorRecord, AnchoredBatch, BatchLock, BatchRecord, InsertOutcome, NewBatch, NewRequest,
-    RequestRecord, RequestStore, StoreError, messages,
+    RequestRecord, RequestStore, StoreError, SweepPosition, TipClaim, UnbatchedPage, messages,
+    pg_lifecycle,
 };
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -99,7 +100,7 @@ impl PgStore {
     }
 }
 
-fn record_from_row(row: &PgRow) -> Result<RequestRecord, StoreError> {
+pub(crate) fn record_from_row(row: &PgRow) -> Result<RequestRecord, StoreError> {
     let code: i16 = row.try_get("status")?;
     let stored_status = RequestStatus::from_code(code)
         .ok_or_else(|| StoreError::Internal(format!("unknown status code {code}")))?;
@@ -301,27 +302,25 @@ impl RequestStore for PgStore {
 
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, request_count, created_at, root_cid, proof_cid, tx_hash, chain_id, anchored_at \
+            "SELECT id, request_count, created_at, root_cid, proof_cid, tx_hash, chain_id, anchored_at, \
+                 announced_at, failure, replaced_by \
              FROM batch WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let text = |column: &str| -> Result<String, StoreError> {
+            Ok(row
+                .try_get::<Option<String>, _>(column)?
+                .unwrap_or_default())
+        };
         let anchored = match row.try_get::<Option<DateTime<Utc>>, _>("anchored_at")? {
             Some(anchored_at) => Some(AnchoredBatch {
-                root_cid: row
-                    .try_get::<Option<String>, _>("root_cid")?
-                    .unwrap_or_default(),
-                proof_cid: row
-                    .try_get::<Option<String>, _>("proof_cid")?
-                    .unwrap_or_default(),
-                tx_hash: row
-                    .try_get::<Option<String>, _>("tx_hash")?
-                    .unwrap_or_default(),
-                chain_id: row
-                    .try_get::<Option<String>, _>("chain_id")?
-                    .unwrap_or_default(),
+                root_cid: text("root_cid")?,
+                proof_cid: text("proof_cid")?,
+                tx_hash: text("tx_hash")?,
+                chain_id: text("chain_id")?,
                 anchored_at,
             }),
             None => None,
@@ -330,7 +329,10 @@ impl RequestStore for PgStore {
             id: row.try_get("id")?,
             request_count: row.try_get("request_count")?,
             created_at: row.try_get("created_at")?,
+            announced_at: row.try_get("announced_at")?,
             anchored,
+            failed: row.try_get("failure")?,
+            replaced_by: row.try_get("replaced_by")?,
         }))
     }
 
@@ -360,14 +362,59 @@ impl RequestStore for PgStore {
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM batch WHERE anchored_at IS NULL AND created_at < $1 \
-             ORDER BY created_at LIMIT $2",
-        )
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        pg_lifecycle::unanchored_batches(&self.pool, before, limit).await
+    }
+
+    async fn mark_batch_announced(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        pg_lifecycle::mark_batch_announced(&self.pool, id, at).await
+    }
+
+    async fn unannounced_batches(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        pg_lifecycle::unannounced_batches(&self.pool, before, limit).await
+    }
+
+    async fn fail_batch(&self, id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        pg_lifecycle::fail_batch(&self.pool, id, reason).await
+    }
+
+    async fn failed_batches(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        pg_lifecycle::failed_batches(&self.pool, limit).await
+    }
+
+    async fn batch_members(&self, id: Uuid) -> Result<Vec<(Uuid, String)>, StoreError> {
+        pg_lifecycle::batch_members(&self.pool, id).await
+    }
+
+    async fn rebatch(&self, from: Uuid, to: &NewBatch) -> Result<bool, StoreError> {
+        pg_lifecycle::rebatch(&self.pool, from, to).await
+    }
+
+    async fn reopen_batch(&self, id: Uuid) -> Result<bool, StoreError> {
+        pg_lifecycle::reopen_batch(&self.pool, id).await
+    }
+
+    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<Vec<Uuid>, StoreError> {
+        pg_lifecycle::claim_tips(&self.pool, claims).await
+    }
+
+    async fn unbatched_after(
+        &self,
+        after: SweepPosition,
+        limit: i64,
+    ) -> Result<UnbatchedPage, StoreError> {
+        pg_lifecycle::unbatched_after(&self.pool, after, limit).await
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        pg_lifecycle::cursor(&self.pool, name).await
+    }
+
+    async fn set_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
+        pg_lifecycle::set_cursor(&self.pool, name, position).await
     }
 
     async fn replace_requests(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -384,42 +431,6 @@ impl RequestStore for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
-    }
-
-    async fn unbatched_created_between(
-        &self,
-        after: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<RequestRecord>, StoreError> {
-        let rows = sqlx::query(const_format_select_created_between())
-            .bind(after)
-            .bind(until)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(record_from_row).collect()
-    }
-
-    async fn checkpoint(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT checkpoint FROM job_checkpoint WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn set_checkpoint(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO job_checkpoint (name, checkpoint) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET checkpoint = EXCLUDED.checkpoint",
-        )
-        .bind(name)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     async fn try_lock_batch(&self, id: Uuid) -> Result<Option<BatchLock>, StoreError> {
@@ -450,16 +461,6 @@ impl RequestStore for PgStore {
 fn const_format_select_one() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| format!("{SELECT_REQUEST} WHERE r.cid = $1"))
-}
-
-fn const_format_select_created_between() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "{SELECT_REQUEST} WHERE r.created_at > $1 AND r.created_at <= $2 AND r.status = 0 \
-             AND m.request_id IS NULL ORDER BY r.created_at LIMIT $3"
-        )
-    })
 }
 
 fn const_format_select_any() -> &'static str {

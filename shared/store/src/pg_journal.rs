@@ -9,7 +9,8 @@ use sqlx::{Row, postgres::PgRow};
 use uuid::Uuid;
 
 use crate::{
-    NewTxAttempt, PgStore, StoreError, TxAttempt, TxJournal, TxState, WalletKey, WalletLock,
+    HeldLock, NewTxAttempt, PgStore, StoreError, TxAttempt, TxJournal, TxState, WalletKey,
+    WalletLock,
 };
 
 /// First key of the two-key advisory locks on wallets ("CASW"). The two-key space does not
@@ -66,6 +67,30 @@ fn attempt_from_row(row: &PgRow) -> Result<TxAttempt, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+/// A wallet lock held by an open transaction: lost if its connection dies or its backend is
+/// terminated, which [`HeldLock::is_held`] finds out by asking on that same connection.
+struct PgAdvisoryLock {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    key: i32,
+}
+
+#[async_trait]
+impl HeldLock for PgAdvisoryLock {
+    async fn is_held(&mut self) -> Result<bool, StoreError> {
+        // A two-key advisory lock shows in pg_locks as (classid, objid, objsubid = 2).
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                 AND pid = pg_backend_pid() AND granted AND objsubid = 2 \
+                 AND classid = ($1::int)::oid AND objid = ($2::int)::oid)",
+        )
+        .bind(WALLET_LOCK_CLASS)
+        .bind(self.key)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(held)
+    }
 }
 
 fn select(condition: &str) -> sqlx::AssertSqlSafe<String> {
@@ -153,6 +178,35 @@ impl TxJournal for PgStore {
         rows.iter().map(attempt_from_row).collect()
     }
 
+    async fn highest_used_nonce(&self, wallet: &WalletKey) -> Result<Option<u64>, StoreError> {
+        let nonce: Option<i64> = sqlx::query_scalar(
+            "SELECT max(nonce) FROM eth_tx_attempt WHERE chain_id = $1 AND wallet = $2 \
+               AND (state IN ('mined', 'dropped') \
+                    OR (state = 'failed' AND block_number IS NOT NULL))",
+        )
+        .bind(wallet.chain_id as i64)
+        .bind(&wallet.address[..])
+        .fetch_one(self.pool())
+        .await?;
+        Ok(nonce.map(|n| n as u64))
+    }
+
+    async fn mined_attempts(
+        &self,
+        wallet: &WalletKey,
+        limit: i64,
+    ) -> Result<Vec<TxAttempt>, StoreError> {
+        let rows = sqlx::query(select(
+            "WHERE chain_id = $1 AND wallet = $2 AND state = 'mined' ORDER BY id DESC LIMIT $3",
+        ))
+        .bind(wallet.chain_id as i64)
+        .bind(&wallet.address[..])
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
     async fn lock_wallet(
         &self,
         wallet: &WalletKey,
@@ -177,7 +231,10 @@ impl TxJournal for PgStore {
                 sqlx::query("SELECT set_config('lock_timeout', '0', true)")
                     .execute(&mut *tx)
                     .await?;
-                Ok(Some(WalletLock::new(tx)))
+                Ok(Some(WalletLock::checked(PgAdvisoryLock {
+                    tx,
+                    key: wallet.lock_key(),
+                })))
             }
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
                 tx.rollback().await?;

@@ -50,7 +50,8 @@ use uuid::Uuid;
 
 use crate::{
     AnchorRecord, AnchoredBatch, BatchLock, BatchRecord, InsertOutcome, NewBatch, NewRequest,
-    RequestRecord, RequestStore, StoreError, messages,
+    RequestRecord, RequestStore, StoreError, SweepPosition, TipClaim, UnbatchedPage, messages,
+    sqlite_lifecycle,
 };
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
@@ -228,7 +229,9 @@ impl SqliteStore {
     }
 
     /// Start a write transaction holding the write lock from its first statement.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -259,7 +262,7 @@ const SQLITE_CANTOPEN: i32 = 14;
 const SQLITE_PROTOCOL: i32 = 15;
 
 /// Like `StoreError::from`, and SQLite's transient failures are [`StoreError::Unavailable`].
-fn sqlite_error(err: sqlx::Error) -> StoreError {
+pub(crate) fn sqlite_error(err: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
         let primary = db
             .code()
@@ -289,16 +292,17 @@ fn with_context(err: StoreError, context: std::fmt::Arguments<'_>) -> StoreError
         StoreError::Internal(m) => StoreError::Internal(format!("{context}: {m}")),
         StoreError::Conflict(m) => StoreError::Conflict(format!("{context}: {m}")),
         StoreError::NotMigrated(m) => StoreError::NotMigrated(format!("{context}: {m}")),
+        StoreError::LockLost(m) => StoreError::LockLost(format!("{context}: {m}")),
     }
 }
 
 /// Timestamps are stored as microseconds since the Unix epoch. Like PostgreSQL's
 /// `timestamptz`, this drops nanoseconds (toward the past).
-fn to_micros(at: DateTime<Utc>) -> i64 {
+pub(crate) fn to_micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(micros)
         .ok_or_else(|| StoreError::Internal(format!("timestamp {micros} is out of range")))
 }
@@ -328,7 +332,7 @@ fn push_json_uuid(out: &mut String, id: Uuid) {
 }
 
 /// `["<hex>", …]`, for `SELECT unhex(value) FROM json_each($1)`.
-fn json_uuids(ids: &[Uuid]) -> String {
+pub(crate) fn json_uuids(ids: &[Uuid]) -> String {
     let mut out = String::with_capacity(2 + ids.len() * (uuid::fmt::Simple::LENGTH + 3));
     out.push('[');
     for (i, id) in ids.iter().enumerate() {
@@ -382,7 +386,7 @@ fn json_requests(requests: &[&NewRequest]) -> String {
     out
 }
 
-fn record_from_row(row: &SqliteRow) -> Result<RequestRecord, StoreError> {
+pub(crate) fn record_from_row(row: &SqliteRow) -> Result<RequestRecord, StoreError> {
     let code: i16 = row.try_get("status").map_err(sqlite_error)?;
     let stored_status = RequestStatus::from_code(code)
         .ok_or_else(|| StoreError::Internal(format!("unknown status code {code}")))?;
@@ -616,7 +620,8 @@ impl RequestStore for SqliteStore {
 
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, request_count, created_at, root_cid, proof_cid, tx_hash, chain_id, anchored_at \
+            "SELECT id, request_count, created_at, root_cid, proof_cid, tx_hash, chain_id, anchored_at, \
+                 announced_at, failure, replaced_by \
              FROM batch WHERE id = $1",
         )
         .bind(id)
@@ -647,7 +652,12 @@ impl RequestStore for SqliteStore {
             id: row.try_get("id").map_err(sqlite_error)?,
             request_count: row.try_get("request_count").map_err(sqlite_error)?,
             created_at: from_micros(row.try_get("created_at").map_err(sqlite_error)?)?,
+            announced_at: sqlite_lifecycle::optional_time(
+                row.try_get("announced_at").map_err(sqlite_error)?,
+            )?,
             anchored,
+            failed: row.try_get("failure").map_err(sqlite_error)?,
+            replaced_by: row.try_get("replaced_by").map_err(sqlite_error)?,
         }))
     }
 
@@ -678,15 +688,59 @@ impl RequestStore for SqliteStore {
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Uuid>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM batch WHERE anchored_at IS NULL AND created_at < $1 \
-             ORDER BY created_at LIMIT $2",
-        )
-        .bind(to_micros(before))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(sqlite_error)
+        sqlite_lifecycle::unanchored_batches(self, before, limit).await
+    }
+
+    async fn mark_batch_announced(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlite_lifecycle::mark_batch_announced(self, id, at).await
+    }
+
+    async fn unannounced_batches(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlite_lifecycle::unannounced_batches(self, before, limit).await
+    }
+
+    async fn fail_batch(&self, id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        sqlite_lifecycle::fail_batch(self, id, reason).await
+    }
+
+    async fn failed_batches(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        sqlite_lifecycle::failed_batches(self, limit).await
+    }
+
+    async fn batch_members(&self, id: Uuid) -> Result<Vec<(Uuid, String)>, StoreError> {
+        sqlite_lifecycle::batch_members(self, id).await
+    }
+
+    async fn rebatch(&self, from: Uuid, to: &NewBatch) -> Result<bool, StoreError> {
+        sqlite_lifecycle::rebatch(self, from, to).await
+    }
+
+    async fn reopen_batch(&self, id: Uuid) -> Result<bool, StoreError> {
+        sqlite_lifecycle::reopen_batch(self, id).await
+    }
+
+    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<Vec<Uuid>, StoreError> {
+        sqlite_lifecycle::claim_tips(self, claims).await
+    }
+
+    async fn unbatched_after(
+        &self,
+        after: SweepPosition,
+        limit: i64,
+    ) -> Result<UnbatchedPage, StoreError> {
+        sqlite_lifecycle::unbatched_after(self, after, limit).await
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        sqlite_lifecycle::cursor(self, name).await
+    }
+
+    async fn set_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
+        sqlite_lifecycle::set_cursor(self, name, position).await
     }
 
     async fn replace_requests(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -710,49 +764,6 @@ impl RequestStore for SqliteStore {
         }
         tx.commit().await.map_err(sqlite_error)?;
         Ok(replaced)
-    }
-
-    async fn unbatched_created_between(
-        &self,
-        after: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<RequestRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
-            select_request!(),
-            " WHERE r.created_at > $1 AND r.created_at <= $2 AND r.status = 0 \
-             AND m.request_id IS NULL ORDER BY r.created_at LIMIT $3"
-        ))
-        .bind(to_micros(after))
-        .bind(to_micros(until))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(sqlite_error)?;
-        rows.iter().map(record_from_row).collect()
-    }
-
-    async fn checkpoint(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let micros: Option<i64> =
-            sqlx::query_scalar("SELECT checkpoint FROM job_checkpoint WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(sqlite_error)?;
-        micros.map(from_micros).transpose()
-    }
-
-    async fn set_checkpoint(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO job_checkpoint (name, checkpoint) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET checkpoint = excluded.checkpoint",
-        )
-        .bind(name)
-        .bind(to_micros(at))
-        .execute(&self.writer)
-        .await
-        .map_err(sqlite_error)?;
-        Ok(())
     }
 
     async fn try_lock_batch(&self, id: Uuid) -> Result<Option<BatchLock>, StoreError> {

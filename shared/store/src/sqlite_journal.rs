@@ -221,6 +221,38 @@ impl TxJournal for SqliteStore {
         rows.iter().map(attempt_from_row).collect()
     }
 
+    async fn highest_used_nonce(&self, wallet: &WalletKey) -> Result<Option<u64>, StoreError> {
+        let nonce: Option<i64> = sqlx::query_scalar(
+            "SELECT max(nonce) FROM eth_tx_attempt WHERE chain_id = $1 AND wallet = $2 \
+               AND (state IN ('mined', 'dropped') \
+                    OR (state = 'failed' AND block_number IS NOT NULL))",
+        )
+        .bind(wallet.chain_id as i64)
+        .bind(&wallet.address[..])
+        .fetch_one(self.reader())
+        .await
+        .map_err(SqliteStore::error)?;
+        Ok(nonce.map(|n| n as u64))
+    }
+
+    async fn mined_attempts(
+        &self,
+        wallet: &WalletKey,
+        limit: i64,
+    ) -> Result<Vec<TxAttempt>, StoreError> {
+        let rows = sqlx::query(concat!(
+            select_attempt!(),
+            "WHERE chain_id = $1 AND wallet = $2 AND state = 'mined' ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(wallet.chain_id as i64)
+        .bind(&wallet.address[..])
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await
+        .map_err(SqliteStore::error)?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
     async fn lock_wallet(
         &self,
         wallet: &WalletKey,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     AnchorRecord, AnchoredBatch, InsertOutcome, NewBatch, NewRequest, RequestStore, StoreError,
-    messages,
+    SweepPosition, TipClaim, messages,
 };
 
 fn now() -> DateTime<Utc> {
@@ -39,7 +39,9 @@ pub async fn run_all(store: &dyn RequestStore) {
     a_request_joins_one_batch_only(store).await;
     replacement_touches_only_unbatched_pending(store).await;
     unanchored_batches_are_listed(store).await;
-    sweeper_scan_and_checkpoints(store).await;
+    sweeper_scan_follows_commit_order(store).await;
+    the_batch_lifecycle(store).await;
+    tips_keep_the_newest_request(store).await;
     batch_locks_are_exclusive(store).await;
     store.ping().await.expect("ping");
 }
@@ -301,58 +303,354 @@ pub async fn unanchored_batches_are_listed(store: &dyn RequestStore) {
     assert!(!recent.contains(&old.id));
 }
 
-/// The sweeper's scan: PENDING, unbatched, in the time window, oldest first; checkpoints.
-pub async fn sweeper_scan_and_checkpoints(store: &dyn RequestStore) {
-    let base = now() - Duration::hours(3);
-    let mut requests = Vec::new();
-    for i in 0..4 {
-        let mut r = new_request(&format!("sweep{i}"));
-        r.created_at = base + Duration::minutes(i);
-        requests.push(r);
+/// Every page of the sweeper's scan from `after`, at `limit` rows a page.
+async fn scan_all(
+    store: &dyn RequestStore,
+    after: SweepPosition,
+    limit: i64,
+) -> (Vec<(SweepPosition, Uuid)>, i64) {
+    let mut rows = Vec::new();
+    let mut at = after;
+    loop {
+        let page = store.unbatched_after(at, limit).await.unwrap();
+        for (position, record) in &page.rows {
+            assert!(*position > at, "pages move forward");
+            assert!(
+                position.position < page.horizon,
+                "rows are below the horizon"
+            );
+            assert_eq!(position.id, record.id);
+            assert_eq!(record.status(), RequestStatus::Pending);
+            assert!(record.anchor.is_none());
+            at = *position;
+            rows.push((*position, record.id));
+        }
+        if (page.rows.len() as i64) < limit {
+            return (rows, page.horizon);
+        }
     }
-    store.insert_requests(&requests).await.unwrap();
+}
+
+/// Scan until `done` holds for the rows found. Transactions still running anywhere on the
+/// database server (other tests) hold the horizon back, so rows committed a moment ago may
+/// show only in a later scan.
+async fn scan_until(
+    store: &dyn RequestStore,
+    after: SweepPosition,
+    limit: i64,
+    done: impl Fn(&[(SweepPosition, Uuid)]) -> bool,
+) -> Vec<(SweepPosition, Uuid)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (rows, _) = scan_all(store, after, limit).await;
+        if done(&rows) || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The sweeper's scan: PENDING requests in no batch, in commit order, paged by position;
+/// requests committed after a scan are at or above its horizon; job cursors.
+pub async fn sweeper_scan_follows_commit_order(store: &dyn RequestStore) {
+    let first: Vec<NewRequest> = (0..2).map(|i| new_request(&format!("sweep{i}"))).collect();
+    let second: Vec<NewRequest> = (2..4).map(|i| new_request(&format!("sweep{i}"))).collect();
+    store.insert_requests(&first).await.unwrap();
+    store.insert_requests(&second).await.unwrap();
     let batch = NewBatch {
         id: Uuid::now_v7(),
-        members: vec![requests[1].id],
+        members: vec![first[1].id],
         created_at: now(),
     };
     store.create_batch(&batch).await.unwrap();
     store
-        .replace_requests(&[requests[2].id], now())
+        .replace_requests(&[second[0].id], now())
         .await
         .unwrap();
-    let found = store
-        .unbatched_created_between(
-            base - Duration::seconds(1),
-            base + Duration::minutes(10),
-            100,
-        )
+
+    let ours = [first[0].id, first[1].id, second[0].id, second[1].id];
+    for limit in [1, 2, 1000] {
+        let rows = scan_until(store, SweepPosition::before(0), limit, |rows| {
+            rows.iter().filter(|(_, id)| ours.contains(id)).count() >= 2
+        })
+        .await;
+        let found: Vec<Uuid> = rows
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| ours.contains(id))
+            .collect();
+        assert_eq!(
+            found,
+            vec![first[0].id, second[1].id],
+            "unbatched PENDING only, in commit order (limit {limit})"
+        );
+        let positions: Vec<SweepPosition> = rows.iter().map(|(p, _)| *p).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+    let (_, horizon) = scan_all(store, SweepPosition::before(0), 1000).await;
+    let late = new_request("sweep-late");
+    store
+        .insert_requests(std::slice::from_ref(&late))
         .await
         .unwrap();
-    let ids: Vec<Uuid> = found.iter().map(|r| r.id).collect();
-    assert_eq!(ids, vec![requests[0].id, requests[3].id]);
-    let limited = store
-        .unbatched_created_between(base - Duration::seconds(1), base + Duration::minutes(10), 1)
-        .await
-        .unwrap();
-    assert_eq!(limited.len(), 1);
-    let window = store
-        .unbatched_created_between(base, base + Duration::minutes(10), 100)
-        .await
-        .unwrap();
-    assert_eq!(window.len(), 1, "the lower bound is exclusive");
+    let rows = scan_until(store, SweepPosition::before(horizon), 1000, |rows| {
+        rows.iter().any(|(_, id)| *id == late.id)
+    })
+    .await;
+    assert!(
+        rows.iter()
+            .any(|(p, id)| *id == late.id && p.position >= horizon),
+        "a request committed after a scan is at or above its horizon"
+    );
 
     let name = format!("job-{}", Uuid::new_v4());
-    assert_eq!(store.checkpoint(&name).await.unwrap(), None);
-    store.set_checkpoint(&name, base).await.unwrap();
-    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(base));
+    assert_eq!(store.cursor(&name).await.unwrap(), None);
+    store.set_cursor(&name, 42).await.unwrap();
+    assert_eq!(store.cursor(&name).await.unwrap(), Some(42));
+    store.set_cursor(&name, i64::MAX - 1).await.unwrap();
+    assert_eq!(store.cursor(&name).await.unwrap(), Some(i64::MAX - 1));
+}
+
+/// Announcing, failing for good, moving the members of a failed batch to a new one (their
+/// leaf order kept), and reopening a batch whose anchor the chain lost.
+pub async fn the_batch_lifecycle(store: &dyn RequestStore) {
+    let requests = insert_all(store, "lifecycle", 3).await;
+    let failed = NewBatch {
+        id: Uuid::now_v7(),
+        // Leaf order differs from insertion order.
+        members: vec![requests[2].id, requests[0].id, requests[1].id],
+        created_at: now() - Duration::minutes(5),
+    };
+    assert!(store.create_batch(&failed).await.unwrap());
+    let fresh = store.get_batch(failed.id).await.unwrap().unwrap();
+    assert_eq!(fresh.announced_at, None);
+    assert_eq!((fresh.failed.clone(), fresh.replaced_by), (None, None));
+    let soon = now() + Duration::seconds(1);
+    assert!(
+        store
+            .unannounced_batches(soon, 1000)
+            .await
+            .unwrap()
+            .contains(&failed.id)
+    );
+    let announced_at = now() - Duration::minutes(4);
     store
-        .set_checkpoint(&name, base + Duration::minutes(1))
+        .mark_batch_announced(failed.id, announced_at)
         .await
         .unwrap();
+    assert!(
+        !store
+            .unannounced_batches(soon, 1000)
+            .await
+            .unwrap()
+            .contains(&failed.id)
+    );
     assert_eq!(
-        store.checkpoint(&name).await.unwrap(),
-        Some(base + Duration::minutes(1))
+        store
+            .get_batch(failed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .announced_at,
+        Some(announced_at)
+    );
+    // Re-announcement goes by the last announcement.
+    let stale = store
+        .unanchored_batches(now() - Duration::minutes(3), 1000)
+        .await
+        .unwrap();
+    assert!(stale.contains(&failed.id));
+    let not_yet = store
+        .unanchored_batches(now() - Duration::minutes(4) - Duration::seconds(30), 1000)
+        .await
+        .unwrap();
+    assert!(!not_yet.contains(&failed.id), "announced after that");
+
+    assert!(
+        store
+            .fail_batch(failed.id, "batch file is missing")
+            .await
+            .unwrap()
+    );
+    assert!(!store.fail_batch(failed.id, "again").await.unwrap(), "once");
+    assert!(!store.fail_batch(Uuid::now_v7(), "unknown").await.unwrap());
+    let record = store.get_batch(failed.id).await.unwrap().unwrap();
+    assert_eq!(record.failed.as_deref(), Some("batch file is missing"));
+    assert!(
+        !store
+            .unanchored_batches(soon, 1000)
+            .await
+            .unwrap()
+            .contains(&failed.id)
+    );
+    assert!(
+        store
+            .failed_batches(1000)
+            .await
+            .unwrap()
+            .contains(&failed.id)
+    );
+
+    let members = store.batch_members(failed.id).await.unwrap();
+    let expected: Vec<(Uuid, String)> = [2, 0, 1]
+        .iter()
+        .map(|&i| (requests[i].id, requests[i].cid.clone()))
+        .collect();
+    assert_eq!(members, expected, "members in leaf order");
+    let new = NewBatch {
+        id: Uuid::now_v7(),
+        members: members.iter().map(|(id, _)| *id).collect(),
+        created_at: now(),
+    };
+    let wrong = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![requests[0].id],
+        created_at: now(),
+    };
+    assert!(matches!(
+        store.rebatch(failed.id, &wrong).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        store.get_batch(wrong.id).await.unwrap().is_none(),
+        "nothing changed"
+    );
+    assert!(store.rebatch(failed.id, &new).await.unwrap());
+    assert!(!store.rebatch(failed.id, &new).await.unwrap(), "once");
+    assert!(
+        !store
+            .failed_batches(1000)
+            .await
+            .unwrap()
+            .contains(&failed.id)
+    );
+    assert_eq!(
+        store
+            .get_batch(failed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .replaced_by,
+        Some(new.id)
+    );
+    let moved = store.get_batch(new.id).await.unwrap().unwrap();
+    assert_eq!((moved.request_count, moved.announced_at), (3, None));
+    assert!(
+        store
+            .unannounced_batches(soon, 1000)
+            .await
+            .unwrap()
+            .contains(&new.id)
+    );
+    assert_eq!(store.batch_members(new.id).await.unwrap(), members);
+    assert!(store.batch_members(failed.id).await.unwrap().is_empty());
+
+    store
+        .mark_batch_anchored(new.id, &anchored_now())
+        .await
+        .unwrap();
+    let done = store.get_request(&requests[0].cid).await.unwrap().unwrap();
+    assert_eq!(done.status(), RequestStatus::Completed);
+    assert_eq!(
+        done.anchor.as_ref().map(|a| (a.batch_id, a.leaf_index)),
+        Some((new.id, 1))
+    );
+    assert!(!store.fail_batch(new.id, "anchored").await.unwrap());
+
+    // The chain lost the anchor: the batch is not anchored any more, its requests pending.
+    assert!(store.reopen_batch(new.id).await.unwrap());
+    assert!(!store.reopen_batch(new.id).await.unwrap());
+    let reopened = store.get_batch(new.id).await.unwrap().unwrap();
+    assert!(reopened.anchored.is_none());
+    let pending = store.get_request(&requests[0].cid).await.unwrap().unwrap();
+    assert_eq!(pending.status(), RequestStatus::Pending);
+    assert!(
+        store
+            .mark_batch_anchored(new.id, &anchored_now())
+            .await
+            .unwrap()
+    );
+}
+
+/// The newest tip per (stream id, origin): older requests lose, ties and the same request
+/// win, other streams and origins are independent, concurrent claims keep the newest.
+pub async fn tips_keep_the_newest_request(store: &dyn RequestStore) {
+    let stream = format!("k-tip-{}", Uuid::new_v4().simple());
+    let claim = |stream: &str, origin: &str, request_id: Uuid, ts: i64| TipClaim {
+        stream_id: stream.to_owned(),
+        origin: origin.to_owned(),
+        request_id,
+        timestamp: ClientTimestamp::from_unix_nanos(ts),
+    };
+    let ids: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+    assert!(store.claim_tips(&[]).await.unwrap().is_empty());
+    let won = store
+        .claim_tips(&[
+            claim(&stream, "a", ids[0], 10),
+            claim(&stream, "b", ids[1], 1),
+        ])
+        .await
+        .unwrap();
+    assert!(won.is_empty(), "first claims win: {won:?}");
+    let older = claim(&stream, "a", ids[2], 5);
+    assert_eq!(
+        store
+            .claim_tips(std::slice::from_ref(&older))
+            .await
+            .unwrap(),
+        vec![ids[2]]
+    );
+    assert!(
+        store
+            .claim_tips(&[claim(&stream, "a", ids[0], 10)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "the same request again (a redelivered message)"
+    );
+    assert!(
+        store
+            .claim_tips(&[claim(&stream, "a", ids[3], 10)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a tie goes to the later claim"
+    );
+    assert_eq!(
+        store
+            .claim_tips(&[claim(&stream, "a", ids[0], 10)])
+            .await
+            .unwrap(),
+        Vec::<Uuid>::new(),
+        "equal timestamps: still not older"
+    );
+    assert!(
+        store
+            .claim_tips(&[
+                claim(&stream, "c", ids[4], 1),
+                claim("k-other", "a", ids[5], 1)
+            ])
+            .await
+            .unwrap()
+            .is_empty(),
+        "other origins and streams are independent"
+    );
+    // Two schedulers at once: whatever the order, the newest ends up as the tip.
+    let (older, newer) = (
+        [claim(&stream, "b", ids[6], 100)],
+        [claim(&stream, "b", ids[7], 200)],
+    );
+    let (x, y) = tokio::join!(store.claim_tips(&older), store.claim_tips(&newer));
+    let lost: Vec<Uuid> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+    assert!(lost.is_empty() || lost == vec![ids[6]], "{lost:?}");
+    let late = Uuid::now_v7();
+    assert_eq!(
+        store
+            .claim_tips(&[claim(&stream, "b", late, 150)])
+            .await
+            .unwrap(),
+        vec![late],
+        "the tip is the newest of the concurrent claims"
     );
 }
 

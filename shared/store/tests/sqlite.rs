@@ -123,7 +123,7 @@ async fn group_commit_sheds_load_when_its_queue_is_full() {
 }
 
 /// Every kind of write at once (group-committed inserts, batches, anchors, replacements,
-/// checkpoints) and reads beside them: nothing fails with SQLITE_BUSY.
+/// cursors) and reads beside them: nothing fails with SQLITE_BUSY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_and_readers_do_not_fail() {
     let (_dir, db) = fresh_store().await;
@@ -156,7 +156,9 @@ async fn concurrent_writers_and_readers_do_not_fail() {
                 };
                 assert!(store.create_batch(&batch).await?);
                 assert!(store.mark_batch_anchored(batch.id, &anchored()).await?);
-                store.set_checkpoint("load", Utc::now()).await?;
+                store
+                    .set_cursor("load", Utc::now().timestamp_micros())
+                    .await?;
                 store.unbatched_pending(members).await?;
             }
             Ok::<_, StoreError>(())
@@ -204,10 +206,7 @@ async fn data_survives_closing_and_reopening_the_file() {
     store.create_batch(&batch).await.unwrap();
     let anchor = anchored();
     store.mark_batch_anchored(batch.id, &anchor).await.unwrap();
-    store
-        .set_checkpoint("sweeper", anchor.anchored_at)
-        .await
-        .unwrap();
+    store.set_cursor("sweeper", 1234).await.unwrap();
     let before: Vec<_> = {
         let mut records = Vec::new();
         for r in &requests {
@@ -234,10 +233,7 @@ async fn data_survives_closing_and_reopening_the_file() {
         stored.anchored.unwrap().anchored_at,
         testsuite_micros(anchor.anchored_at)
     );
-    assert_eq!(
-        reopened.checkpoint("sweeper").await.unwrap(),
-        Some(testsuite_micros(anchor.anchored_at))
-    );
+    assert_eq!(reopened.cursor("sweeper").await.unwrap(), Some(1234));
     // The reopened store keeps working.
     let outcomes = reopened
         .insert_requests(&[testsuite::new_request("after-reopen")])

@@ -3,6 +3,13 @@
 //! (`AWS_ENDPOINT_URL`). The anchor contract sits at the official address; every test
 //! anchors from its own fresh, funded, allow-listed wallet, with its own database, queue
 //! and bucket.
+//!
+//! [`txmanager`] drives the transaction manager against the scripted fake chain, where each
+//! fault a real provider shows only by accident happens on demand, with tokio's clock paused;
+//! [`faults`] runs the worker itself on that chain.
+
+mod faults;
+mod txmanager;
 
 use std::{
     future::Future,
@@ -26,8 +33,8 @@ use aws_sdk_s3::config::{
 use bytes::Bytes;
 use cas_blob::{BlobStore, S3BlobStore};
 use cas_chain::{
-    ANCHOR_CONTRACT_ADDRESS, AnchorerConfig, CeramicAnchor, ChainId, EvmAnchorer,
-    install_contract_for_dev,
+    ANCHOR_CONTRACT_ADDRESS, AnchorChain, AnchorerConfig, CeramicAnchor, ChainId, EvmAnchorer,
+    Payload, install_contract_for_dev,
 };
 use cas_core::{
     ClientTimestamp, RequestStatus, StreamId,
@@ -208,7 +215,6 @@ async fn allowed_wallet() -> (PrivateKeySigner, EvmAnchorer) {
     );
     config.expected_chain_id = Some(expected_chain());
     config.poll_interval = Duration::from_millis(50);
-    config.attempt_timeout = Duration::from_secs(30);
     let anchorer = EvmAnchorer::connect(config)
         .await
         .expect("connect anchorer");
@@ -311,7 +317,7 @@ fn worker_config() -> WorkerConfig {
 /// Transactions go through the journaled manager, journaling into the test database.
 fn tx_manager(chain: EvmAnchorer, store: &PgStore) -> TxManager {
     TxManager::new(
-        chain,
+        Arc::new(chain),
         Arc::new(store.clone()),
         TxManagerConfig {
             attempt_timeout: Duration::from_secs(30),
@@ -621,7 +627,7 @@ async fn handle_drops_unknown_batches_and_garbage() {
     let unknown = Uuid::now_v7();
     assert!(matches!(
         worker.process_batch(unknown).await,
-        Err(BatchError::Permanent(_))
+        Err(BatchError::Unreadable(_))
     ));
     rig.batches.send("{not json".into()).await.unwrap();
     rig.batches
@@ -897,9 +903,12 @@ async fn journaled_attempt(
     batch_id: Uuid,
     root: [u8; 32],
 ) -> cas_chain::SignedAnchorTx {
-    let nonce = anchorer.pending_nonce().await.unwrap();
+    let nonce = anchorer.nonce_at(None).await.unwrap();
     let fees = anchorer.suggest_fees().await.unwrap();
-    let signed = anchorer.sign_anchor(root, nonce, fees).await.unwrap();
+    let signed = anchorer
+        .sign(Payload::Anchor { root_digest: root }, nonce, fees)
+        .await
+        .unwrap();
     store
         .record_attempt(&NewTxAttempt {
             batch_id,
@@ -1006,7 +1015,7 @@ async fn the_wallet_lock_wait_is_bounded_and_nothing_is_sent_without_it() {
     let wallet = anchorer.wallet();
     let nonce = tx_count(wallet).await;
     let manager = TxManager::new(
-        anchorer,
+        Arc::new(anchorer),
         Arc::new(db.store.clone()),
         TxManagerConfig {
             lock_timeout: Duration::from_millis(500),
