@@ -90,6 +90,19 @@ struct IngestArgs {
     /// printed on stderr): run the service with `--auth relaxed`, or allowlist the DID.
     #[arg(long)]
     auth: bool,
+    /// Spread the requests over this many streams, newer requests with newer timestamps (as
+    /// a node's successive commits), so that older ones of a stream may be REPLACED. 0: one
+    /// stream per request.
+    #[arg(long, default_value_t = 0)]
+    streams: u64,
+    /// Send a request again after a failure (no answer, 5xx, 429), as nodes do, at most this
+    /// many times, a second apart.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Write the CID of every accepted request (answered 201 or 202), one per line, to this
+    /// file: the requests the service promised to anchor (the fault harness checks them).
+    #[arg(long)]
+    accepted_out: Option<std::path::PathBuf>,
 }
 
 #[global_allocator]
@@ -114,7 +127,14 @@ async fn main() -> anyhow::Result<()> {
 /// A realistic request body: half dag-jose (signed commits), half dag-cbor (time events and
 /// unsigned data) CIDs, each for its own stream (requests for one stream from one origin
 /// replace each other, so shared streams would not all be anchored).
+#[cfg(test)]
 fn request_body(seed: &str, index: u64) -> Vec<u8> {
+    request_body_in(seed, index, 0)
+}
+
+/// [`request_body`] for requests spread over `streams` streams (0: one per request), with
+/// timestamps that grow with the index.
+fn request_body_in(seed: &str, index: u64, streams: u64) -> Vec<u8> {
     let digest_source = format!("{seed}-{index}");
     let cbor = cas_merkle::dag_cbor_cid(digest_source.as_bytes());
     let cid = if index.is_multiple_of(2) {
@@ -122,12 +142,17 @@ fn request_body(seed: &str, index: u64) -> Vec<u8> {
     } else {
         cas_merkle::Cid::new_v1(cas_merkle::DAG_JOSE, cbor.hash().to_owned())
     };
-    let stream_init = cas_merkle::dag_cbor_cid(format!("{seed}-stream-{index}").as_bytes());
+    let stream_index = if streams > 0 { index % streams } else { index };
+    let stream_init = cas_merkle::dag_cbor_cid(format!("{seed}-stream-{stream_index}").as_bytes());
     let stream = StreamId::new(3, stream_init);
+    // Newer requests of a stream carry newer timestamps, a millisecond per request.
+    let timestamp = chrono::DateTime::from_timestamp_millis(1_795_305_600_000 + index as i64)
+        .expect("in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     serde_json::to_vec(&json!({
         "streamId": stream.to_string(),
         "cid": cid.to_string(),
-        "timestamp": "2026-11-22T00:00:00.000Z",
+        "timestamp": timestamp,
         "jsCeramicVersion": "loadgen",
     }))
     .expect("json")
@@ -205,15 +230,17 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         let signer = signer.clone();
         let total = args.requests;
         let rate = args.rate.filter(|r| *r > 0.0);
+        let (streams, retries) = (args.streams, args.retries);
         workers.push(tokio::spawn(async move {
             let mut latencies = latency_histogram();
             let (mut ok, mut failed) = (0u64, 0u64);
+            let mut accepted = Vec::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= total {
                     break;
                 }
-                let body = request_body(&seed, index);
+                let body = request_body_in(&seed, index, streams);
                 let sent = match rate {
                     Some(rate) => {
                         let due = started + Duration::from_secs_f64(index as f64 / rate);
@@ -222,32 +249,60 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
                     }
                     None => Instant::now(),
                 };
-                let mut request = client
-                    .post(&endpoint)
-                    .header("content-type", "application/json");
-                if let Some(signer) = &signer {
-                    use cas_auth::RequestSigner as _;
-                    let token = signer.sign(&endpoint, Some(&cas_auth::sha256_digest(&body)));
-                    request = request.header("authorization", format!("Bearer {token}"));
-                }
-                let result = request.body(body).send().await;
+                let mut tries = 0;
+                let result = loop {
+                    let mut request = client
+                        .post(&endpoint)
+                        .header("content-type", "application/json");
+                    if let Some(signer) = &signer {
+                        use cas_auth::RequestSigner as _;
+                        let token = signer.sign(&endpoint, Some(&cas_auth::sha256_digest(&body)));
+                        request = request.header("authorization", format!("Bearer {token}"));
+                    }
+                    let result = request.body(body.clone()).send().await;
+                    let transient = match &result {
+                        Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
+                        Err(_) => true,
+                    };
+                    if !transient || tries >= retries {
+                        break result;
+                    }
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                };
                 record(&mut latencies, sent.elapsed());
                 match result {
-                    Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 202 => ok += 1,
+                    Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 202 => {
+                        ok += 1;
+                        accepted.push(index);
+                    }
                     _ => failed += 1,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (latencies, ok, failed)
+            (latencies, ok, failed, accepted)
         }));
     }
     let mut latencies = latency_histogram();
     let (mut ok, mut failed) = (0, 0);
+    let mut accepted = Vec::new();
     for worker in workers {
-        let (l, o, f) = worker.await?;
+        let (l, o, f, a) = worker.await?;
         latencies.add(&l).context("merging latency histograms")?;
         ok += o;
         failed += f;
+        accepted.extend(a);
+    }
+    let cid_of = |i: u64| {
+        let body: serde_json::Value =
+            serde_json::from_slice(&request_body_in(&seed, i, args.streams)).expect("json");
+        body["cid"].as_str().unwrap_or_default().to_owned()
+    };
+    if let Some(path) = &args.accepted_out {
+        accepted.sort_unstable();
+        let lines: String = accepted.iter().map(|&i| cid_of(i) + "\n").collect();
+        std::fs::write(path, lines)
+            .with_context(|| format!("writing the accepted requests to {}", path.display()))?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if let Some(p) = progress {
@@ -270,13 +325,7 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         "p999_ms": quantile_ms(&latencies, 0.999),
         "max_ms": quantile_ms(&latencies, 1.0),
     });
-    let cids = (0..args.requests)
-        .map(|i| {
-            let body: serde_json::Value =
-                serde_json::from_slice(&request_body(&seed, i)).expect("json");
-            body["cid"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect();
+    let cids = (0..args.requests).map(cid_of).collect();
     Ok(IngestReport {
         summary,
         failed,
@@ -295,6 +344,16 @@ mod tests {
         assert_ne!(a.cid, b.cid);
         assert_eq!(a.cid.codec(), cas_merkle::DAG_JOSE);
         assert_eq!(b.cid.codec(), cas_merkle::DAG_CBOR);
+    }
+
+    #[test]
+    fn shared_streams_carry_newer_timestamps_for_newer_requests() {
+        let a = cas_core::parse_json_request(&request_body_in("s", 3, 2)).unwrap();
+        let b = cas_core::parse_json_request(&request_body_in("s", 5, 2)).unwrap();
+        let other = cas_core::parse_json_request(&request_body_in("s", 4, 2)).unwrap();
+        assert_eq!(a.stream_id, b.stream_id);
+        assert_ne!(a.stream_id, other.stream_id);
+        assert!(a.timestamp < b.timestamp);
     }
 
     #[test]

@@ -194,6 +194,7 @@ async fn create_request(
     let (status, record) = match &outcome {
         InsertOutcome::Created(record) => {
             metrics::counter!("cas_requests_created_total").increment(1);
+            cas_core::fault::point("api::after_commit");
             if let Some(publisher) = &state.publisher {
                 publisher.publish(IngestEntry {
                     id: record.id,

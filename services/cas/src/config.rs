@@ -215,6 +215,11 @@ pub(crate) struct WorkerArgs {
     /// Threads for building Merkle trees (0 = all cores).
     #[arg(long, env = "CAS_BUILD_THREADS", default_value_t = 0)]
     pub(crate) build_threads: usize,
+
+    /// How often to look for recorded anchors the chain lost (a reorganisation deeper than
+    /// the confirmations); their batches are anchored again with the same transaction.
+    #[arg(long, env = "CAS_REORG_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) reorg_check_interval: Duration,
 }
 
 /// PostgreSQL connection settings.

@@ -178,6 +178,7 @@ async fn run_with_chain(
         cas_worker::WorkerConfig {
             receive_wait: Duration::from_millis(500),
             retry_backoff: Duration::from_secs(5),
+            reorg_check_interval: Duration::from_secs(10),
             ..cas_worker::WorkerConfig::default()
         },
     );

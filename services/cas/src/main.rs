@@ -23,6 +23,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Fault points for the fault harness, from FAILPOINTS (builds with `failpoints` only).
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     let service = match &cli.command {
         Command::Api(_) => "cas-api",
@@ -39,6 +42,11 @@ async fn main() -> anyhow::Result<()> {
     .context("failed to set up telemetry")?;
     cas_telemetry::metrics::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "cas starting");
+    #[cfg(feature = "failpoints")]
+    tracing::warn!(
+        failpoints = %std::env::var("FAILPOINTS").unwrap_or_default(),
+        "this build has fault points for testing; never run it in production"
+    );
     let result = match cli.command {
         Command::Api(args) => run_api(args).await,
         Command::Migrate(args) => run_migrate(args).await,
@@ -301,6 +309,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         cas_worker::WorkerConfig {
             visibility: args.batch_visibility,
             build_threads: args.build_threads,
+            reorg_check_interval: args.reorg_check_interval,
             ..cas_worker::WorkerConfig::default()
         },
     );

@@ -46,7 +46,7 @@ use cas_queue::{MAX_BATCH, MAX_MESSAGE_BYTES, Queue};
 
 /// Most messages one receive asks for: [`MAX_BATCH`] from each of ten ingest queues.
 const RECEIVE_MAX: usize = MAX_BATCH * 10;
-use cas_core::ClientTimestamp;
+use cas_core::{ClientTimestamp, fault};
 use cas_store::{NewBatch, RequestStore, SweepPosition, TipClaim};
 use chrono::Utc;
 use cid::Cid;
@@ -435,6 +435,7 @@ impl Scheduler {
                     .await
                     .context("marking replaced requests")?;
             }
+            fault::point("scheduler::after_replaced");
         }
         report.replaced = losers.len();
         report.filter_ms = started.elapsed().as_millis() as u64;
@@ -481,6 +482,7 @@ impl Scheduler {
             .collect();
         let receipts = self.pending.resolve(&resolved);
         report.acked = receipts.len();
+        fault::point("scheduler::before_ack");
         if !receipts.is_empty() {
             // Failing here only means redelivery; the entries will be filtered out then.
             if let Err(err) = self.ingest.ack(&receipts).await {
@@ -499,10 +501,12 @@ impl Scheduler {
             .put(&batch_file_key(batch.id), Bytes::from(file))
             .await
             .context("writing the batch file")?;
+        fault::point("scheduler::after_batch_file");
         self.store
             .create_batch(batch)
             .await
             .context("recording the batch")?;
+        fault::point("scheduler::after_batch_record");
         if let Err(err) = self.announce(batch.id).await {
             tracing::warn!(batch.id = %batch.id, error = format!("{err:#}"), "announcing a batch failed; it is announced again shortly");
             self.unannounced.push(batch.id);
@@ -516,6 +520,7 @@ impl Scheduler {
             .send(BatchMessage::new(batch_id).to_json())
             .await
             .context("sending the batch message")?;
+        fault::point("scheduler::after_announce");
         // If this write fails, the batch is announced once more later: harmless.
         if let Err(err) = self.store.mark_batch_announced(batch_id, Utc::now()).await {
             tracing::warn!(batch.id = %batch_id, error = %err, "recording a batch announcement failed");

@@ -21,7 +21,10 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use cas_blob::BlobStore;
-use cas_core::pipeline::{BatchMessage, batch_file_key, decode_batch_file, tree_artifact_key};
+use cas_core::{
+    fault,
+    pipeline::{BatchMessage, batch_file_key, decode_batch_file, tree_artifact_key},
+};
 use cas_merkle::{AnchorProof, MerkleTree, encode_artifact};
 use cas_queue::{Message, Queue};
 use cas_store::{AnchoredBatch, RequestStore};
@@ -48,10 +51,15 @@ pub trait RootAnchorer: Send + Sync + 'static {
     /// once more before the batch is recorded as anchored, so that an anchor a
     /// reorganisation removed in the meantime is sent again instead.
     async fn confirmed(&self, batch_id: Uuid) -> Result<Option<[u8; 32]>, AnchorFailure>;
-    /// Resume work left unfinished by an earlier run (called once when the worker starts).
-    /// Returns the batches whose anchor the chain lost (they must be anchored again).
-    async fn recover(&self) -> Result<Vec<Uuid>, AnchorFailure> {
+    /// Batches whose recorded anchor the chain lost (called when the worker starts, and
+    /// now and then): they must be reopened and anchored again.
+    async fn lost_anchors(&self) -> Result<Vec<Uuid>, AnchorFailure> {
         Ok(Vec::new())
+    }
+    /// Resume work left unfinished by an earlier run (called when the worker starts, and
+    /// now and then).
+    async fn recover(&self) -> Result<(), AnchorFailure> {
+        Ok(())
     }
 }
 
@@ -94,12 +102,16 @@ impl RootAnchorer for TxManager {
             .map(|tx| tx.tx_hash))
     }
 
-    async fn recover(&self) -> Result<Vec<Uuid>, AnchorFailure> {
-        let recovery = TxManager::recover(self).await?;
-        if recovery.settled > 0 {
-            tracing::info!(nonces = recovery.settled, "resumed journaled transactions");
+    async fn lost_anchors(&self) -> Result<Vec<Uuid>, AnchorFailure> {
+        Ok(self.reopen_lost().await?)
+    }
+
+    async fn recover(&self) -> Result<(), AnchorFailure> {
+        let settled = self.settle().await?;
+        if settled > 0 {
+            tracing::info!(nonces = settled, "resumed journaled transactions");
         }
-        Ok(recovery.reorganised)
+        Ok(())
     }
 }
 
@@ -116,6 +128,10 @@ pub struct WorkerConfig {
     pub chunk_leaves: u32,
     /// Threads for building a tree (0 = all cores).
     pub build_threads: usize,
+    /// How often to look for anchors the chain lost after they were recorded (a
+    /// reorganisation deeper than the confirmations): such batches are reopened and
+    /// anchored again with the same transaction.
+    pub reorg_check_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -126,6 +142,7 @@ impl Default for WorkerConfig {
             retry_backoff: Duration::from_secs(30),
             chunk_leaves: cas_merkle::DEFAULT_CHUNK_LEAVES,
             build_threads: 0,
+            reorg_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -216,19 +233,37 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(chain.id = %self.anchorer.chain_id(), "worker running");
         // Transactions a previous run left pending are settled before new work; a failure
-        // here is not fatal (every anchor settles them first anyway).
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            recovered = self.anchorer.recover() => match recovered {
-                Ok(lost) => {
-                    for batch_id in lost {
-                        self.reanchor(batch_id).await;
+        // here is not fatal (every anchor settles them first anyway). The same check runs
+        // now and then between batches, for anchors a reorganisation removed.
+        let mut next_check = Instant::now();
+        while !shutdown.is_cancelled() {
+            if Instant::now() >= next_check {
+                // First the batches whose anchor was lost are reopened (so that no one is
+                // told they are COMPLETED meanwhile), then the open nonces are settled.
+                let lost = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    lost = self.anchorer.lost_anchors() => lost,
+                };
+                match lost {
+                    Ok(lost) => {
+                        for batch_id in lost {
+                            self.reanchor(batch_id).await;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "looking for anchors the chain lost failed")
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "resuming journaled transactions failed; they are resumed with the next batch"),
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    recovered = self.anchorer.recover() => {
+                        if let Err(err) = recovered {
+                            tracing::warn!(error = %err, "resuming journaled transactions failed; they are resumed with the next batch");
+                        }
+                    }
+                }
+                next_check = Instant::now() + self.config.reorg_check_interval;
             }
-        }
-        while !shutdown.is_cancelled() {
             let received = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = self.batches.receive(1, self.config.visibility, self.config.receive_wait) => r,
@@ -496,6 +531,7 @@ impl Worker {
                     .put(&tree_artifact_key(batch_id), Bytes::from(artifact))
                     .await
                     .map_err(|e| retryable("writing the tree artifact")(&e))?;
+                fault::point("worker::after_artifact");
                 artifact_ms += artifact_started.elapsed().as_millis() as u64;
                 written = Some((tx_hash, root_cid, proof_cid));
             }
@@ -520,6 +556,7 @@ impl Worker {
         let (tx_hash, root_cid, proof_cid) = written.expect("set by the loop");
 
         let tx_hex = format!("0x{}", hex_lower(&tx_hash));
+        fault::point("worker::before_mark_anchored");
         self.store
             .mark_batch_anchored(
                 batch_id,
@@ -533,6 +570,7 @@ impl Worker {
             )
             .await
             .map_err(|e| retryable("recording the anchor")(&e))?;
+        fault::point("worker::after_mark_anchored");
         tracing::info!(
             batch.id = %batch_id,
             batch.size = size,

@@ -65,6 +65,7 @@ use cas_chain::{
     Address, AnchorChain, AnchorTx, B256, ChainError, FeePolicy, Fees, Inclusion, Payload,
     Rejection, SignedAnchorTx, U256,
 };
+use cas_core::fault;
 use cas_store::{NewTxAttempt, StoreError, TxAttempt, TxJournal, TxState, WalletKey, WalletLock};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -359,42 +360,62 @@ impl TxManager {
         self.config.attempt_timeout * (2 * self.config.max_attempts + 4)
     }
 
-    /// After a start: find mined anchors the chain no longer has (newest first; reopened to
-    /// be sent again) and settle the wallet's open nonces, if the wallet lock is free soon
-    /// (whoever holds it settles them anyway).
+    /// After a start, and now and then: reopen the mined anchors the chain no longer has
+    /// ([`TxManager::reopen_lost`]) and settle the wallet's open nonces
+    /// ([`TxManager::settle`]).
     pub async fn recover(&self) -> Result<Recovery, TxError> {
-        self.report_balance().await;
-        let vanished = self.vanished_mined(64).await?;
-        let open = self.journal.open_attempts(&self.wallet).await?;
-        if open.is_empty() && vanished.is_empty() {
-            return Ok(Recovery::default());
+        let reorganised = self.reopen_lost().await?;
+        let settled = self.settle().await?;
+        Ok(Recovery {
+            settled,
+            reorganised,
+        })
+    }
+
+    /// Find mined transactions the chain no longer has (a reorganisation deeper than the
+    /// confirmations, a dev chain restarted from an older state) and reopen them, so that
+    /// they are sent again (the same signed transaction first). Returns their batches,
+    /// which must not be reported COMPLETED until their anchor is back. Takes the wallet
+    /// lock only when there is something to reopen; if another worker holds it, that one
+    /// finds them.
+    pub async fn reopen_lost(&self) -> Result<Vec<Uuid>, TxError> {
+        if self.vanished_mined(64).await?.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut lock = match self.lock_wallet(self.config.recovery_lock_timeout).await {
-            Ok(lock) => lock,
-            Err(TxError::LockTimeout { .. }) => {
-                tracing::info!(
-                    "another worker holds the wallet lock; it resumes the journaled transactions"
-                );
-                return Ok(Recovery::default());
-            }
-            Err(e) => return Err(e),
+        let Some(_lock) = self.recovery_lock().await? else {
+            return Ok(Vec::new());
         };
-        let mut recovery = Recovery::default();
-        for attempt in &vanished {
+        let mut batches = Vec::new();
+        // Again under the lock: whoever held it may have dealt with them.
+        for attempt in self.vanished_mined(64).await? {
             tracing::warn!(
-                tx.hash = %hash_of(attempt),
+                tx.hash = %hash_of(&attempt),
                 nonce = attempt.nonce,
                 batch.id = %attempt.batch_id,
                 "a mined transaction is no longer in the chain; sending it again"
             );
             metrics::counter!("cas_anchors_reorganised_total").increment(1);
-            self.set_state(attempt, TxState::Signed, None).await?;
-            if !attempt.batch_id.is_nil() && !recovery.reorganised.contains(&attempt.batch_id) {
-                recovery.reorganised.push(attempt.batch_id);
+            self.set_state(&attempt, TxState::Signed, None).await?;
+            if !attempt.batch_id.is_nil() && !batches.contains(&attempt.batch_id) {
+                batches.push(attempt.batch_id);
             }
         }
+        Ok(batches)
+    }
+
+    /// Drive the wallet's open nonces to an outcome (attempts left by a worker that died or
+    /// gave up), if the wallet lock is free soon (whoever holds it settles them anyway).
+    /// Returns how many nonces were settled.
+    pub async fn settle(&self) -> Result<usize, TxError> {
+        self.report_balance().await;
+        if self.journal.open_attempts(&self.wallet).await?.is_empty() {
+            return Ok(0);
+        }
+        let Some(mut lock) = self.recovery_lock().await? else {
+            return Ok(0);
+        };
         let limit = self.locked_time_limit();
-        recovery.settled = tokio::time::timeout(limit, self.settle_open(&mut lock))
+        tokio::time::timeout(limit, self.settle_open(&mut lock))
             .await
             .unwrap_or_else(|_| {
                 Err(ChainError::Timeout {
@@ -402,8 +423,21 @@ impl TxManager {
                     after: limit,
                 }
                 .into())
-            })?;
-        Ok(recovery)
+            })
+    }
+
+    /// The wallet lock if it is free within the recovery wait; `None` if someone else holds it.
+    async fn recovery_lock(&self) -> Result<Option<WalletLock>, TxError> {
+        match self.lock_wallet(self.config.recovery_lock_timeout).await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(TxError::LockTimeout { .. }) => {
+                tracing::info!(
+                    "another worker holds the wallet lock; it resumes the journaled transactions"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The newest mined attempts whose transaction the chain no longer has and whose nonce
@@ -476,6 +510,7 @@ impl TxManager {
             self.settle_open(lock).await?;
             let attempts = self.journal.batch_attempts(batch_id).await?;
             if let Some(mined) = attempts.iter().rev().find(|a| a.state == TxState::Mined) {
+                fault::point("worker::after_mined");
                 match self.wait_confirmed(mined).await? {
                     Confirmation::Confirmed(tx) => {
                         tracing::info!(
@@ -613,6 +648,7 @@ impl TxManager {
             .await?;
         self.ensure_funds(&signed).await?;
         let attempt = self.record(batch_id, &signed).await?;
+        fault::point("worker::after_signing");
         tracing::info!(
             tx.hash = %signed.tx_hash,
             nonce,
@@ -622,6 +658,7 @@ impl TxManager {
         );
         match self.broadcast(lock, &signed).await? {
             Sent::Taken => {
+                fault::point("worker::after_broadcast");
                 self.set_state(&attempt, TxState::Broadcast, None).await?;
                 self.mark_replaced(nonce, &signed.tx_hash).await?;
             }

@@ -3,6 +3,7 @@
 //!
 //! Everything here is pure: no IO besides reading an in-memory CAR.
 
+pub mod fault;
 pub mod pipeline;
 pub mod request;
 pub mod status;
