@@ -46,8 +46,8 @@ use cas_queue::{MAX_BATCH, MAX_MESSAGE_BYTES, Queue};
 
 /// Most messages one receive asks for: [`MAX_BATCH`] from each of ten ingest queues.
 const RECEIVE_MAX: usize = MAX_BATCH * 10;
-use cas_core::{ClientTimestamp, fault};
-use cas_store::{NewBatch, RequestStore, SweepPosition, TipClaim};
+use cas_core::fault;
+use cas_store::{NewBatch, RequestStore, StoreError, SweepPosition, TipClaim};
 use chrono::Utc;
 use cid::Cid;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +67,9 @@ const SWEEP_PAGE: i64 = 10_000;
 /// How long a recorded batch may stay unannounced (its scheduler is announcing it) before
 /// another round announces it.
 const ANNOUNCE_GRACE: Duration = Duration::from_secs(30);
+
+/// Longest a stopping scheduler spends releasing the messages it holds.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long closing waits after a failed close before trying again.
 const CLOSE_BACKOFF: Duration = Duration::from_secs(5);
@@ -173,6 +176,8 @@ pub struct Scheduler {
     unannounced: Vec<Uuid>,
     /// When the sweeper last re-published a request (not again before `sweep_age`).
     republished: HashMap<Uuid, Instant>,
+    /// Entries found batched or replaced already since the last close (redeliveries).
+    dropped: usize,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -203,6 +208,7 @@ impl Scheduler {
             pending: Pending::default(),
             unannounced: Vec::new(),
             republished: HashMap::new(),
+            dropped: 0,
         })
     }
 
@@ -334,8 +340,35 @@ impl Scheduler {
                 }
             }
         }
+        self.release_held().await;
         tracing::info!(pending = self.pending.len(), "scheduler stopped");
         Ok(())
+    }
+
+    /// On the way out: make the messages still held visible again at once, so the next
+    /// scheduler receives them now rather than when their visibility runs out (15 minutes by
+    /// default; the sweeper would re-publish their requests before that). Bounded, so a
+    /// stop never hangs on an unreachable queue.
+    async fn release_held(&self) {
+        use futures::StreamExt as _;
+        let receipts = self.pending.receipts();
+        if receipts.is_empty() {
+            return;
+        }
+        let count = receipts.len();
+        let ingest = &self.ingest;
+        let releasing = futures::stream::iter(receipts)
+            .map(|receipt| async move { ingest.set_visibility(&receipt, Duration::ZERO).await })
+            .buffer_unordered(16)
+            .filter(|r| std::future::ready(r.is_ok()))
+            .count();
+        match tokio::time::timeout(RELEASE_TIMEOUT, releasing).await {
+            Ok(released) => tracing::info!(released, held = count, "released held ingest messages"),
+            Err(_) => tracing::warn!(
+                held = count,
+                "releasing held ingest messages timed out; they return when their visibility ends"
+            ),
+        }
     }
 
     /// Receive one round of ingest messages into the pending set. Returns how many
@@ -353,9 +386,15 @@ impl Scheduler {
         let mut garbage = Vec::new();
         for message in messages {
             match parse_ingest(&message.body) {
-                Ok(parsed) => self
-                    .pending
-                    .add_message(message.id, message.receipt, parsed.reqs),
+                Ok(parsed) => {
+                    // A message with no entry is acknowledged at once.
+                    if let Some(receipt) =
+                        self.pending
+                            .add_message(message.id, message.receipt, parsed.reqs)
+                    {
+                        garbage.push(receipt);
+                    }
+                }
                 Err(err) => {
                     // A message we cannot read never will be: drop it (the sweeper re-publishes
                     // any request it stood for).
@@ -367,89 +406,125 @@ impl Scheduler {
         if !garbage.is_empty() {
             self.ingest.ack(&garbage).await?;
         }
+        if let Err(err) = self.claim_received().await {
+            // Claimed again before the next close.
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "checking received requests failed; retrying later"
+            );
+        }
         Ok(count)
+    }
+
+    /// For the entries received since the last call: drop those no longer PENDING and
+    /// unbatched (a redelivered message), and claim the others' stream tips (REPLACED
+    /// across batches, as the reference's queue mode decides it on arrival): a request older
+    /// than one of its stream and origin batched or received before is REPLACED at once.
+    /// Done as messages arrive, it keeps these 2^20 lookups and writes out of the close.
+    async fn claim_received(&mut self) -> anyhow::Result<()> {
+        let ids = self.pending.take_unclaimed();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // One claim per pair: among the entries received together, the newest of each pair
+        // claims, and the others are outdated already.
+        let (winners, mut losers) = self.pending.pick_winners(&ids);
+        let claims: Vec<TipClaim> = winners
+            .iter()
+            .filter_map(|id| self.pending.tip_claim(id))
+            .collect();
+        drop(winners);
+        let mut claimed = match self.store.claim_tips(&claims).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                self.pending.unclaim(ids);
+                return Err(anyhow::Error::from(err)
+                    .context("checking the candidates and claiming their streams' tips"));
+            }
+        };
+        drop(claims);
+        drop(ids);
+        claimed.outdated.append(&mut losers);
+        if !claimed.outdated.is_empty() {
+            let mut replaced = 0;
+            for chunk in claimed.outdated.chunks(65_536) {
+                replaced += self
+                    .store
+                    .replace_requests(chunk, Utc::now())
+                    .await
+                    .context("marking replaced requests")?;
+            }
+            metrics::counter!("cas_requests_replaced_total").increment(replaced);
+            fault::point("scheduler::after_replaced");
+        }
+        self.dropped += claimed.gone.len();
+        let resolved: Vec<Uuid> = claimed.gone.into_iter().chain(claimed.outdated).collect();
+        if !resolved.is_empty() {
+            self.acknowledge(&resolved).await;
+        }
+        Ok(())
     }
 
     /// Close a batch from the pending entries now (see the crate docs for the steps).
     pub async fn close_batch(&mut self) -> anyhow::Result<CloseReport> {
         let mut report = CloseReport::default();
         let started = Instant::now();
+        // Normally done as the entries arrived; whatever failed then is done now.
+        self.claim_received().await?;
         let candidate_ids = self.pending.ids();
-        let mut unbatched = Vec::with_capacity(candidate_ids.len());
-        for chunk in candidate_ids.chunks(65_536) {
-            unbatched.extend(
-                self.store
-                    .unbatched_pending(chunk)
-                    .await
-                    .context("filtering batched requests")?,
-            );
-        }
-        let unbatched_set: HashSet<Uuid> = unbatched.iter().copied().collect();
-        let dropped: Vec<Uuid> = candidate_ids
-            .iter()
-            .copied()
-            .filter(|id| !unbatched_set.contains(id))
-            .collect();
-        report.dropped = dropped.len();
 
-        let (winners, mut losers) = self.pending.pick_winners(&unbatched);
+        // REPLACED among the pending entries. Entries batched already (a redelivered message)
+        // take part too: a request older than one batched already is outdated anyway, and
+        // replacing a batched request changes nothing.
+        let (winners, losers) = self.pending.pick_winners(&candidate_ids);
+        drop(candidate_ids);
 
         // The oldest winners first, at most batch_max of them.
-        let mut chosen: Vec<(u64, IngestEntry)> = winners
+        let mut chosen: Vec<(u64, Uuid)> = winners
             .iter()
-            .filter_map(|id| {
-                self.pending
-                    .get(id)
-                    .map(|(entry, seq)| (seq, entry.clone()))
-            })
+            .filter_map(|id| self.pending.get(id).map(|(_, seq)| (seq, *id)))
             .collect();
-        chosen.sort_by_key(|(seq, _)| *seq);
+        drop(winners);
+        chosen.sort_unstable_by_key(|(seq, _)| *seq);
         chosen.truncate(self.config.batch_max);
 
-        // Across batches: a winner older than the newest request already batched for its
-        // stream and origin (by any scheduler) is REPLACED as well.
-        let claims: Vec<TipClaim> = chosen
-            .iter()
-            .map(|(_, e)| TipClaim {
-                stream_id: e.sid.clone(),
-                origin: e.org.clone(),
-                request_id: e.id,
-                timestamp: ClientTimestamp::from_unix_nanos(e.ts),
-            })
-            .collect();
-        let outdated: HashSet<Uuid> = self
-            .store
-            .claim_tips(&claims)
-            .await
-            .context("claiming the streams' newest tips")?
-            .into_iter()
-            .collect();
-        if !outdated.is_empty() {
-            chosen.retain(|(_, e)| !outdated.contains(&e.id));
-            losers.extend(outdated.iter().copied());
-        }
         if !losers.is_empty() {
             for chunk in losers.chunks(65_536) {
-                self.store
-                    .replace_requests(chunk, Utc::now())
-                    .await
-                    .context("marking replaced requests")?;
+                report.replaced +=
+                    self.store
+                        .replace_requests(chunk, Utc::now())
+                        .await
+                        .context("marking replaced requests")? as usize;
             }
+            metrics::counter!("cas_requests_replaced_total").increment(report.replaced as u64);
             fault::point("scheduler::after_replaced");
         }
-        report.replaced = losers.len();
         report.filter_ms = started.elapsed().as_millis() as u64;
         let recording = Instant::now();
 
-        // Leaf order: by CID string.
-        let mut leaves: Vec<(String, Uuid, Cid)> = Vec::with_capacity(chosen.len());
-        let mut unparseable = Vec::new();
-        for (_, entry) in &chosen {
-            match Cid::try_from(entry.cid.as_str()) {
-                Ok(cid) => leaves.push((cid.to_string(), entry.id, cid)),
-                Err(_) => unparseable.push(entry.id),
+        // Leaf order: by CID string (the stored one, canonical). Sorting borrowed strings
+        // keeps a 2^20 close from copying them.
+        let (members, cids, unparseable) = {
+            let mut order: Vec<(&str, Uuid)> = chosen
+                .iter()
+                .filter_map(|(_, id)| self.pending.get(id).map(|(e, _)| (e.cid.as_str(), *id)))
+                .collect();
+            order.sort_unstable();
+            let mut members = Vec::with_capacity(order.len());
+            let mut cids = Vec::with_capacity(order.len());
+            let mut unparseable = Vec::new();
+            for (text, id) in order {
+                match Cid::try_from(text) {
+                    Ok(cid) => {
+                        members.push(id);
+                        cids.push(cid);
+                    }
+                    Err(_) => unparseable.push(id),
+                }
             }
-        }
+            (members, cids, unparseable)
+        };
+        drop(chosen);
         if !unparseable.is_empty() {
             // The API stores canonical CIDs only; an unreadable one is a corrupt message.
             tracing::warn!(
@@ -457,31 +532,80 @@ impl Scheduler {
                 "dropping entries with unreadable cids"
             );
         }
-        leaves.sort_by(|a, b| a.0.cmp(&b.0));
 
-        if !leaves.is_empty() {
+        let batched = members.len();
+        if !members.is_empty() {
             let batch_id = Uuid::now_v7();
-            let cids: Vec<Cid> = leaves.iter().map(|(_, _, cid)| *cid).collect();
             let batch = NewBatch {
                 id: batch_id,
-                members: leaves.iter().map(|(_, id, _)| *id).collect(),
+                members,
                 created_at: Utc::now(),
             };
-            self.record_batch(&batch, &cids).await?;
+            if let Err(err) = self.record_batch(&batch, &cids).await {
+                self.resolve_batched_elsewhere(&batch.members, &err).await;
+                return Err(err);
+            }
+            drop(cids);
             report.batch_id = Some(batch_id);
-            report.batched = leaves.len();
+            report.batched = batched;
+            report.record_ms = recording.elapsed().as_millis() as u64;
+            let acking = Instant::now();
+            let resolved: Vec<Uuid> = losers
+                .into_iter()
+                .chain(unparseable)
+                .chain(batch.members)
+                .collect();
+            report.acked = self.acknowledge(&resolved).await;
+            report.ack_ms = acking.elapsed().as_millis() as u64;
+        } else {
+            let acking = Instant::now();
+            let resolved: Vec<Uuid> = losers.into_iter().chain(unparseable).collect();
+            report.acked = self.acknowledge(&resolved).await;
+            report.ack_ms = acking.elapsed().as_millis() as u64;
         }
+        report.dropped = std::mem::take(&mut self.dropped);
+        Ok(report)
+    }
 
-        report.record_ms = recording.elapsed().as_millis() as u64;
-        let acking = Instant::now();
-        let resolved: Vec<Uuid> = dropped
-            .into_iter()
-            .chain(losers)
-            .chain(unparseable)
-            .chain(leaves.iter().map(|(_, id, _)| *id))
+    /// After a close failed because a member was put in a batch by someone else meanwhile
+    /// (another scheduler that got the same request re-published), drop the members no
+    /// longer PENDING and unbatched, so that the next close can succeed.
+    async fn resolve_batched_elsewhere(&mut self, members: &[Uuid], err: &anyhow::Error) {
+        let conflict = err.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::Conflict(_))
+            )
+        });
+        if !conflict {
+            return;
+        }
+        let mut live = HashSet::with_capacity(members.len());
+        for chunk in members.chunks(65_536) {
+            match self.store.unbatched_pending(chunk).await {
+                Ok(ids) => live.extend(ids),
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking the members of a conflicting batch failed");
+                    return;
+                }
+            }
+        }
+        let gone: Vec<Uuid> = members
+            .iter()
+            .filter(|id| !live.contains(id))
+            .copied()
             .collect();
-        let receipts = self.pending.resolve(&resolved);
-        report.acked = receipts.len();
+        tracing::warn!(
+            requests = gone.len(),
+            "requests of the batch being closed were batched elsewhere meanwhile; closing without them"
+        );
+        self.dropped += gone.len();
+        self.acknowledge(&gone).await;
+    }
+
+    /// Resolve entries and acknowledge the messages now fully resolved; returns how many.
+    async fn acknowledge(&mut self, resolved: &[Uuid]) -> usize {
+        let receipts = self.pending.resolve(resolved);
         fault::point("scheduler::before_ack");
         if !receipts.is_empty() {
             // Failing here only means redelivery; the entries will be filtered out then.
@@ -489,8 +613,7 @@ impl Scheduler {
                 tracing::warn!(error = %err, "acknowledging ingest messages failed; they will be redelivered");
             }
         }
-        report.ack_ms = acking.elapsed().as_millis() as u64;
-        Ok(report)
+        receipts.len()
     }
 
     /// Write the batch file, record the batch, and announce it. Once recorded, the batch is

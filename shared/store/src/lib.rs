@@ -44,7 +44,7 @@ pub use journal::{
 };
 pub use model::{
     AnchorRecord, AnchoredBatch, BatchRecord, InsertOutcome, NewBatch, NewRequest, RequestRecord,
-    SweepPosition, TipClaim, UnbatchedPage, messages,
+    SweepPosition, TipClaim, TipClaims, UnbatchedPage, messages, tip_key,
 };
 pub use nonce::{MemoryNonceStore, NonceStore};
 pub use pg::{MIGRATOR, PgStore};
@@ -193,13 +193,15 @@ pub trait RequestStore: Send + Sync + 'static {
     /// Mark PENDING requests that are in no batch as REPLACED; returns how many changed.
     async fn replace_requests(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Claim the newest tip of each claim's (stream id, origin) for its request, atomically
-    /// per pair and across every process sharing the store. A claim succeeds when the pair
-    /// has no tip yet, when its tip is the same request, or when the tip's client timestamp
-    /// is not newer; then the tip becomes the claim's request. Returns the requests whose
-    /// claim failed: a newer request of their stream and origin was batched before (they
-    /// are to be REPLACED). At most one claim per pair per call.
-    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<Vec<Uuid>, StoreError>;
+    /// For each claim whose request is still PENDING and in no batch, claim the newest tip
+    /// of its (stream id, origin) for it, atomically per pair and across every process
+    /// sharing the store. A claim succeeds when the pair has no tip yet, when its tip is the
+    /// same request, or when the tip's client timestamp is not newer; then the tip becomes
+    /// the claim's request. Returns the requests that are not PENDING and unbatched (no
+    /// claim is made for them) and those whose claim failed (a newer request of their stream
+    /// and origin was batched before: they are to be REPLACED). At most one claim per pair
+    /// per call.
+    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<TipClaims, StoreError>;
 
     /// PENDING requests in no batch, in the order their inserts committed, after `after`
     /// (exclusive) and before the page's horizon, at most `limit`. Every request whose

@@ -87,12 +87,10 @@ pub struct BatchRecord {
 
 /// A claim of the newest tip of a (stream id, origin) pair; see
 /// [`RequestStore::claim_tips`](crate::RequestStore::claim_tips).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TipClaim {
-    /// The stream.
-    pub stream_id: String,
-    /// Who asked.
-    pub origin: String,
+    /// The pair's key: the first 16 bytes of sha256(stream id, 0, origin).
+    pub key: Uuid,
     /// The request claiming the tip.
     pub request_id: Uuid,
     /// Its client timestamp.
@@ -100,18 +98,44 @@ pub struct TipClaim {
 }
 
 impl TipClaim {
-    /// The stored key of the pair: the first 16 bytes of sha256(stream id, 0, origin).
-    pub fn key(&self) -> Uuid {
-        use sha2::{Digest, Sha256};
-        let mut hash = Sha256::new();
-        hash.update(self.stream_id.as_bytes());
-        hash.update([0]);
-        hash.update(self.origin.as_bytes());
-        let digest = hash.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        Uuid::from_bytes(key)
+    /// A claim for `request_id` of the tip of (`stream_id`, `origin`).
+    pub fn new(
+        stream_id: &str,
+        origin: &str,
+        request_id: Uuid,
+        timestamp: ClientTimestamp,
+    ) -> Self {
+        Self {
+            key: tip_key(stream_id, origin),
+            request_id,
+            timestamp,
+        }
     }
+}
+
+/// The key of a (stream id, origin) pair's tip: the first 16 bytes of sha256(stream id, 0,
+/// origin).
+pub fn tip_key(stream_id: &str, origin: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(stream_id.as_bytes());
+    hash.update([0]);
+    hash.update(origin.as_bytes());
+    let digest = hash.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(key)
+}
+
+/// What [`RequestStore::claim_tips`](crate::RequestStore::claim_tips) decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TipClaims {
+    /// Requests that are no longer PENDING and unbatched (already batched, REPLACED, or
+    /// unknown): nothing was claimed for them.
+    pub gone: Vec<Uuid>,
+    /// Requests whose claim failed: a newer request of their stream and origin was batched
+    /// before. They are to be REPLACED.
+    pub outdated: Vec<Uuid>,
 }
 
 /// A position in the order in which requests were committed, with the request id breaking

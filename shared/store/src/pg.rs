@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::{
     AnchorRecord, AnchoredBatch, BatchLock, BatchRecord, InsertOutcome, NewBatch, NewRequest,
-    RequestRecord, RequestStore, StoreError, SweepPosition, TipClaim, UnbatchedPage, messages,
-    pg_lifecycle,
+    RequestRecord, RequestStore, StoreError, SweepPosition, TipClaim, TipClaims, UnbatchedPage,
+    messages, pg_lifecycle,
 };
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -26,6 +26,51 @@ const SELECT_REQUEST: &str = "SELECT r.id, r.cid, r.stream_id, r.origin, r.clien
      FROM request r \
      LEFT JOIN batch_member m ON m.request_id = r.id \
      LEFT JOIN batch b ON b.id = m.batch_id AND b.anchored_at IS NOT NULL";
+
+/// PostgreSQL's SQLSTATE for a unique key violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// Write a batch's members (`request_id`, `batch_id`, `leaf_index` = position) with a binary
+/// `COPY`; returns the rows written.
+async fn copy_members(conn: &mut sqlx::PgConnection, batch: &NewBatch) -> Result<u64, sqlx::Error> {
+    // The binary COPY format: a signature, flags and an empty header extension, then per
+    // row the field count and each field as a length and its bytes, then -1.
+    const ROW: usize = 2 + (4 + 16) + (4 + 16) + (4 + 4);
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY batch_member (request_id, batch_id, leaf_index) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    // In request id order (UUIDv7: the order requests were stored), so that the key index
+    // of batch_member grows at its end instead of at random places: a 2^20 COPY took about
+    // 2.7 s in leaf (CID) order on the benchmark machine.
+    let mut rows: Vec<(Uuid, i32)> = batch
+        .members
+        .iter()
+        .enumerate()
+        .map(|(leaf, id)| (*id, leaf as i32))
+        .collect();
+    rows.sort_unstable();
+    let mut buffer = Vec::with_capacity(19 + ROW * batch.members.len().min(65_536));
+    buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buffer.extend_from_slice(&0i32.to_be_bytes());
+    buffer.extend_from_slice(&0i32.to_be_bytes());
+    for (member, leaf) in &rows {
+        buffer.extend_from_slice(&3i16.to_be_bytes());
+        buffer.extend_from_slice(&16i32.to_be_bytes());
+        buffer.extend_from_slice(member.as_bytes());
+        buffer.extend_from_slice(&16i32.to_be_bytes());
+        buffer.extend_from_slice(batch.id.as_bytes());
+        buffer.extend_from_slice(&4i32.to_be_bytes());
+        buffer.extend_from_slice(&leaf.to_be_bytes());
+        if buffer.len() >= ROW * 65_536 {
+            copy.send(std::mem::take(&mut buffer)).await?;
+        }
+    }
+    buffer.extend_from_slice(&(-1i16).to_be_bytes());
+    copy.send(buffer).await?;
+    copy.finish().await
+}
 
 /// Requests stored in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -272,29 +317,28 @@ impl RequestStore for PgStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        // Chunks keep each statement's arrays at a reasonable size for 2^20 members.
-        for (chunk_index, chunk) in batch.members.chunks(65_536).enumerate() {
-            let first_leaf = (chunk_index * 65_536) as i32;
-            let inserted = sqlx::query(
-                "INSERT INTO batch_member (request_id, batch_id, leaf_index) \
-                 SELECT t.id, $2, $3 + t.ord::int - 1 \
-                 FROM UNNEST($1::uuid[]) WITH ORDINALITY AS t(id, ord) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(chunk)
-            .bind(batch.id)
-            .bind(first_leaf)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted != chunk.len() as u64 {
+        // Binary COPY: several times faster than a multi-row insert for 2^20 members (the
+        // largest part of a batch close before). A member already in a batch violates the
+        // key, which fails the COPY and with it the transaction: nothing is changed.
+        let copied = copy_members(&mut tx, batch).await;
+        match copied {
+            Ok(rows) if rows == batch.members.len() as u64 => {}
+            Ok(rows) => {
                 tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "{} of the members of batch {} already belong to a batch",
-                    chunk.len() as u64 - inserted,
+                return Err(StoreError::Internal(format!(
+                    "copied {rows} of the {} members of batch {}",
+                    batch.members.len(),
                     batch.id
                 )));
             }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict(format!(
+                    "a member of batch {} already belongs to a batch",
+                    batch.id
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
         tx.commit().await?;
         Ok(true)
@@ -397,7 +441,7 @@ impl RequestStore for PgStore {
         pg_lifecycle::reopen_batch(&self.pool, id).await
     }
 
-    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<Vec<Uuid>, StoreError> {
+    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<TipClaims, StoreError> {
         pg_lifecycle::claim_tips(&self.pool, claims).await
     }
 

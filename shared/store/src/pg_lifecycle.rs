@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{NewBatch, StoreError, SweepPosition, TipClaim, UnbatchedPage};
+use crate::{NewBatch, StoreError, SweepPosition, TipClaim, TipClaims, UnbatchedPage};
 
 /// Rows per statement when claiming tips (as for batch members).
 const CHUNK: usize = 65_536;
@@ -150,37 +150,84 @@ pub(crate) async fn reopen_batch(pool: &PgPool, id: Uuid) -> Result<bool, StoreE
 pub(crate) async fn claim_tips(
     pool: &PgPool,
     claims: &[TipClaim],
-) -> Result<Vec<Uuid>, StoreError> {
-    let mut lost = Vec::new();
-    for chunk in claims.chunks(CHUNK) {
-        let keys: Vec<Uuid> = chunk.iter().map(TipClaim::key).collect();
-        let ids: Vec<Uuid> = chunk.iter().map(|c| c.request_id).collect();
-        let stamps: Vec<i64> = chunk.iter().map(|c| c.timestamp.unix_nanos()).collect();
-        // The upsert locks each pair's row, so concurrent claims of one pair (several
-        // schedulers) are decided one after the other against the newest tip.
-        let losers: Vec<Uuid> = sqlx::query_scalar(
-            "WITH incoming AS ( \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[]) \
-                     AS t(tip_key, request_id, client_ts_ns)), \
-             claimed AS ( \
-                 INSERT INTO stream_tip AS tip (tip_key, request_id, client_ts_ns) \
-                 SELECT tip_key, request_id, client_ts_ns FROM incoming \
-                 ON CONFLICT (tip_key) DO UPDATE \
-                     SET request_id = EXCLUDED.request_id, client_ts_ns = EXCLUDED.client_ts_ns \
-                     WHERE tip.client_ts_ns <= EXCLUDED.client_ts_ns \
-                        OR tip.request_id = EXCLUDED.request_id \
-                 RETURNING request_id) \
-             SELECT i.request_id FROM incoming i \
-             WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.request_id = i.request_id)",
-        )
-        .bind(&keys)
-        .bind(&ids)
-        .bind(&stamps)
-        .fetch_all(pool)
+) -> Result<TipClaims, StoreError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    // In request id order (UUIDv7: the order requests were stored), so that the lookups of
+    // a chunk walk the request table's index and pages in order; two chunks at a time, on
+    // two connections (a close is the only writer of its pairs: each pair is claimed once).
+    let mut sorted = claims.to_vec();
+    sorted.sort_unstable_by_key(|c| c.request_id);
+    let owned: Vec<Vec<TipClaim>> = sorted.chunks(CHUNK).map(<[TipClaim]>::to_vec).collect();
+    drop(sorted);
+    let chunks: Vec<TipClaims> = futures::stream::iter(owned)
+        .map(|chunk| {
+            let pool = pool.clone();
+            async move { claim_chunk(&pool, &chunk).await }
+        })
+        .buffer_unordered(2)
+        .try_collect()
         .await?;
-        lost.extend(losers);
+    let mut outcome = TipClaims::default();
+    for chunk in chunks {
+        outcome.gone.extend(chunk.gone);
+        outcome.outdated.extend(chunk.outdated);
     }
-    Ok(lost)
+    Ok(outcome)
+}
+
+async fn claim_chunk(pool: &PgPool, chunk: &[TipClaim]) -> Result<TipClaims, StoreError> {
+    let keys: Vec<Uuid> = chunk.iter().map(|c| c.key).collect();
+    let ids: Vec<Uuid> = chunk.iter().map(|c| c.request_id).collect();
+    let stamps: Vec<i64> = chunk.iter().map(|c| c.timestamp.unix_nanos()).collect();
+    // One pass: which requests are still PENDING and unbatched, and for those the tip
+    // claim. The upsert locks each pair's row, so concurrent claims of one pair (several
+    // schedulers) are decided one after the other against the newest tip. The inserts go
+    // in key order, so they walk the tip index in order.
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+        "WITH incoming AS ( \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[]) \
+                 AS t(tip_key, request_id, client_ts_ns)), \
+         live AS ( \
+             SELECT i.* FROM incoming i JOIN request r ON r.id = i.request_id \
+             WHERE r.status = 0 \
+               AND NOT EXISTS (SELECT 1 FROM batch_member m WHERE m.request_id = i.request_id)), \
+         claimed AS ( \
+             INSERT INTO stream_tip AS tip (tip_key, request_id, client_ts_ns) \
+             SELECT tip_key, request_id, client_ts_ns FROM live ORDER BY tip_key \
+             ON CONFLICT (tip_key) DO UPDATE \
+                 SET request_id = EXCLUDED.request_id, client_ts_ns = EXCLUDED.client_ts_ns \
+                 WHERE tip.client_ts_ns <= EXCLUDED.client_ts_ns \
+                    OR tip.request_id = EXCLUDED.request_id \
+             RETURNING request_id) \
+         SELECT request_id, true FROM claimed \
+         UNION ALL SELECT request_id, false FROM live",
+    )
+    .bind(&keys)
+    .bind(&ids)
+    .bind(&stamps)
+    .fetch_all(pool)
+    .await?;
+    let mut won = std::collections::HashSet::new();
+    let mut live = std::collections::HashSet::new();
+    for (id, claimed) in rows {
+        if claimed {
+            won.insert(id);
+        } else {
+            live.insert(id);
+        }
+    }
+    Ok(TipClaims {
+        gone: ids
+            .iter()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect(),
+        outdated: live
+            .iter()
+            .filter(|id| !won.contains(id))
+            .copied()
+            .collect(),
+    })
 }
 
 /// The request columns of [`crate::pg`]'s reads, with the commit position.

@@ -50,8 +50,8 @@ use uuid::Uuid;
 
 use crate::{
     AnchorRecord, AnchoredBatch, BatchLock, BatchRecord, InsertOutcome, NewBatch, NewRequest,
-    RequestRecord, RequestStore, StoreError, SweepPosition, TipClaim, UnbatchedPage, messages,
-    sqlite_lifecycle,
+    RequestRecord, RequestStore, StoreError, SweepPosition, TipClaim, TipClaims, UnbatchedPage,
+    messages, sqlite_lifecycle,
 };
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
@@ -723,7 +723,7 @@ impl RequestStore for SqliteStore {
         sqlite_lifecycle::reopen_batch(self, id).await
     }
 
-    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<Vec<Uuid>, StoreError> {
+    async fn claim_tips(&self, claims: &[TipClaim]) -> Result<TipClaims, StoreError> {
         sqlite_lifecycle::claim_tips(self, claims).await
     }
 

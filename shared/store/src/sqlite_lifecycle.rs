@@ -3,14 +3,14 @@
 //! (by rowid: with one writer, a row is visible only once every row with a lower rowid is
 //! committed). [`SqliteStore`]'s `RequestStore` methods call these.
 
-use std::fmt::Write as _;
+use std::{collections::HashSet, fmt::Write as _};
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::{
-    NewBatch, SqliteStore, StoreError, SweepPosition, TipClaim, UnbatchedPage,
+    NewBatch, SqliteStore, StoreError, SweepPosition, TipClaim, TipClaims, UnbatchedPage,
     sqlite::{from_micros, record_from_row, sqlite_error, to_micros},
 };
 
@@ -184,7 +184,7 @@ fn json_claims(claims: &[TipClaim]) -> String {
         let _ = write!(
             out,
             "[\"{}\",\"{}\",{}]",
-            claim.key().simple(),
+            claim.key.simple(),
             claim.request_id.simple(),
             claim.timestamp.unix_nanos()
         );
@@ -196,11 +196,33 @@ fn json_claims(claims: &[TipClaim]) -> String {
 pub(crate) async fn claim_tips(
     store: &SqliteStore,
     claims: &[TipClaim],
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<TipClaims, StoreError> {
     // One writer: the claims of one call are decided together, after every earlier writer's.
     let mut tx = store.begin_write().await?;
-    let mut lost = Vec::new();
+    let mut outcome = TipClaims::default();
     for chunk in claims.chunks(CHUNK) {
+        let json = json_claims(chunk);
+        let live: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT r.id FROM json_each($1) AS t JOIN request r ON r.id = unhex(t.value ->> 1) \
+             WHERE r.status = 0 \
+               AND NOT EXISTS (SELECT 1 FROM batch_member m WHERE m.request_id = r.id)",
+        )
+        .bind(&json)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sqlite_error)?;
+        let live: HashSet<Uuid> = live.into_iter().collect();
+        let live_claims: Vec<TipClaim> = chunk
+            .iter()
+            .filter(|c| live.contains(&c.request_id))
+            .copied()
+            .collect();
+        outcome.gone.extend(
+            chunk
+                .iter()
+                .map(|c| c.request_id)
+                .filter(|id| !live.contains(id)),
+        );
         let won: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO stream_tip AS tip (tip_key, request_id, client_ts_ns) \
              SELECT unhex(t.value ->> 0), unhex(t.value ->> 1), t.value ->> 2 \
@@ -211,20 +233,20 @@ pub(crate) async fn claim_tips(
                     OR tip.request_id = excluded.request_id \
              RETURNING request_id",
         )
-        .bind(json_claims(chunk))
+        .bind(json_claims(&live_claims))
         .fetch_all(&mut *tx)
         .await
         .map_err(sqlite_error)?;
-        let won: std::collections::HashSet<Uuid> = won.into_iter().collect();
-        lost.extend(
-            chunk
+        let won: HashSet<Uuid> = won.into_iter().collect();
+        outcome.outdated.extend(
+            live_claims
                 .iter()
                 .map(|c| c.request_id)
                 .filter(|id| !won.contains(id)),
         );
     }
     tx.commit().await.map_err(sqlite_error)?;
-    Ok(lost)
+    Ok(outcome)
 }
 
 pub(crate) async fn unbatched_after(

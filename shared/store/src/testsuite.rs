@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     AnchorRecord, AnchoredBatch, InsertOutcome, NewBatch, NewRequest, RequestStore, StoreError,
-    SweepPosition, TipClaim, messages,
+    SweepPosition, TipClaim, TipClaims, messages,
 };
 
 fn now() -> DateTime<Utc> {
@@ -573,85 +573,98 @@ pub async fn the_batch_lifecycle(store: &dyn RequestStore) {
 }
 
 /// The newest tip per (stream id, origin): older requests lose, ties and the same request
-/// win, other streams and origins are independent, concurrent claims keep the newest.
+/// win, other streams and origins are independent, concurrent claims keep the newest;
+/// requests no longer PENDING and unbatched are reported gone and claim nothing.
 pub async fn tips_keep_the_newest_request(store: &dyn RequestStore) {
     let stream = format!("k-tip-{}", Uuid::new_v4().simple());
-    let claim = |stream: &str, origin: &str, request_id: Uuid, ts: i64| TipClaim {
-        stream_id: stream.to_owned(),
-        origin: origin.to_owned(),
-        request_id,
-        timestamp: ClientTimestamp::from_unix_nanos(ts),
+    let requests = insert_all(store, "tips", 10).await;
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let claim = |stream: &str, origin: &str, i: usize, ts: i64| {
+        TipClaim::new(stream, origin, ids[i], ClientTimestamp::from_unix_nanos(ts))
     };
-    let ids: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
-    assert!(store.claim_tips(&[]).await.unwrap().is_empty());
+    let none = TipClaims::default();
+    assert_eq!(store.claim_tips(&[]).await.unwrap(), none);
     let won = store
-        .claim_tips(&[
-            claim(&stream, "a", ids[0], 10),
-            claim(&stream, "b", ids[1], 1),
-        ])
+        .claim_tips(&[claim(&stream, "a", 0, 10), claim(&stream, "b", 1, 1)])
         .await
         .unwrap();
-    assert!(won.is_empty(), "first claims win: {won:?}");
-    let older = claim(&stream, "a", ids[2], 5);
+    assert_eq!(won, none, "first claims win");
+    let older = store
+        .claim_tips(&[claim(&stream, "a", 2, 5)])
+        .await
+        .unwrap();
+    assert_eq!(older.outdated, vec![ids[2]]);
+    assert!(older.gone.is_empty());
     assert_eq!(
         store
-            .claim_tips(std::slice::from_ref(&older))
+            .claim_tips(&[claim(&stream, "a", 0, 10)])
             .await
             .unwrap(),
-        vec![ids[2]]
-    );
-    assert!(
-        store
-            .claim_tips(&[claim(&stream, "a", ids[0], 10)])
-            .await
-            .unwrap()
-            .is_empty(),
+        none,
         "the same request again (a redelivered message)"
     );
-    assert!(
+    assert_eq!(
         store
-            .claim_tips(&[claim(&stream, "a", ids[3], 10)])
+            .claim_tips(&[claim(&stream, "a", 3, 10)])
             .await
-            .unwrap()
-            .is_empty(),
+            .unwrap(),
+        none,
         "a tie goes to the later claim"
     );
     assert_eq!(
         store
-            .claim_tips(&[claim(&stream, "a", ids[0], 10)])
+            .claim_tips(&[claim(&stream, "c", 4, 1), claim("k-other", "a", 5, 1)])
             .await
             .unwrap(),
-        Vec::<Uuid>::new(),
-        "equal timestamps: still not older"
-    );
-    assert!(
-        store
-            .claim_tips(&[
-                claim(&stream, "c", ids[4], 1),
-                claim("k-other", "a", ids[5], 1)
-            ])
-            .await
-            .unwrap()
-            .is_empty(),
+        none,
         "other origins and streams are independent"
     );
     // Two schedulers at once: whatever the order, the newest ends up as the tip.
-    let (older, newer) = (
-        [claim(&stream, "b", ids[6], 100)],
-        [claim(&stream, "b", ids[7], 200)],
-    );
+    let (older, newer) = ([claim(&stream, "b", 6, 100)], [claim(&stream, "b", 7, 200)]);
     let (x, y) = tokio::join!(store.claim_tips(&older), store.claim_tips(&newer));
-    let lost: Vec<Uuid> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+    let lost: Vec<Uuid> = x
+        .unwrap()
+        .outdated
+        .into_iter()
+        .chain(y.unwrap().outdated)
+        .collect();
     assert!(lost.is_empty() || lost == vec![ids[6]], "{lost:?}");
-    let late = Uuid::now_v7();
+    let late = store
+        .claim_tips(&[claim(&stream, "b", 8, 150)])
+        .await
+        .unwrap();
     assert_eq!(
-        store
-            .claim_tips(&[claim(&stream, "b", late, 150)])
-            .await
-            .unwrap(),
-        vec![late],
+        late.outdated,
+        vec![ids[8]],
         "the tip is the newest of the concurrent claims"
     );
+
+    // Requests that are no longer PENDING and unbatched: gone, and they claim nothing.
+    let batch = NewBatch {
+        id: Uuid::now_v7(),
+        members: vec![ids[9]],
+        created_at: now(),
+    };
+    store.create_batch(&batch).await.unwrap();
+    store.replace_requests(&[ids[8]], now()).await.unwrap();
+    let unknown = Uuid::now_v7();
+    let other = format!("k-tip-gone-{}", Uuid::new_v4().simple());
+    let gone = store
+        .claim_tips(&[
+            claim(&other, "a", 9, 1000),
+            claim(&other, "b", 8, 1000),
+            TipClaim::new(&other, "c", unknown, ClientTimestamp::from_unix_nanos(1000)),
+        ])
+        .await
+        .unwrap();
+    let mut expected = vec![ids[9], ids[8], unknown];
+    let mut found = gone.gone.clone();
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected);
+    assert!(gone.outdated.is_empty());
+    let after = store.claim_tips(&[claim(&other, "a", 5, 1)]).await.unwrap();
+    assert_eq!(after, none, "the gone request claimed no tip");
 }
 
 /// A batch lock is exclusive while held and free again once dropped; locks of different
