@@ -7,6 +7,13 @@
 #   oldest batch            the same on the batch queue: a closed batch not yet anchored.
 #   dead letters            any message in a dead-letter queue (a request or batch that
 #                           failed queue_max_receives times).
+#   oldest unbatched        the custom metric cas_oldest_unbatched_seconds: the oldest
+#                           accepted request in no batch, whether or not a queue holds it
+#                           (a lost publish is re-published by the sweeper; this fires if
+#                           that does not bring it into a batch).
+#   failed batches          the custom metric cas_batches_failed_total: a batch that can
+#                           never be anchored (its file missing or corrupt). Its requests
+#                           move to a new batch by themselves; find out why it happened.
 #   wallet balance          the custom metric cas_wallet_balance_wei below the minimum.
 #   5xx rate                share of API answers that are 5xx, at the load balancer.
 
@@ -65,9 +72,44 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   tags                = local.tags
 }
 
-# Published by whatever scrapes the roles' Prometheus metrics into CloudWatch (for example
-# the CloudWatch agent's Prometheus support), with dimension Cluster = var.name. Until
-# that runs the alarm has no data and stays INSUFFICIENT_DATA.
+# The next three are published by whatever scrapes the roles' Prometheus metrics into
+# CloudWatch (for example the CloudWatch agent's Prometheus support, which publishes
+# counters as the increase over each scrape), with dimension Cluster = var.name. Until that
+# runs they have no data and stay INSUFFICIENT_DATA.
+resource "aws_cloudwatch_metric_alarm" "oldest_unbatched" {
+  alarm_name          = "${var.name}-oldest-unbatched"
+  alarm_description   = "An accepted request of ${var.name} has been in no batch for more than ${var.oldest_unbatched_alarm_seconds}s although the sweeper re-publishes such requests. Is the scheduler running and able to close batches?"
+  namespace           = var.metrics_namespace
+  metric_name         = "cas_oldest_unbatched_seconds"
+  dimensions          = { Cluster = var.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.oldest_unbatched_alarm_seconds
+  treat_missing_data  = "missing"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = local.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "failed_batches" {
+  alarm_name          = "${var.name}-failed-batches"
+  alarm_description   = "A batch of ${var.name} failed for good (its batch file is missing or corrupt). Its requests were moved to a new batch; find out what removed or damaged the file."
+  namespace           = var.metrics_namespace
+  metric_name         = "cas_batches_failed_total"
+  dimensions          = { Cluster = var.name }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = local.tags
+}
+
 resource "aws_cloudwatch_metric_alarm" "wallet_balance" {
   alarm_name          = "${var.name}-wallet-balance-low"
   alarm_description   = "The anchoring wallet of ${var.name} holds less than ${var.wallet_min_balance_wei} wei. Top it up before transactions fail."

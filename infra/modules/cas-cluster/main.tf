@@ -97,6 +97,7 @@ locals {
       CAS_ETH_TX_TIMEOUT     = var.eth_tx_timeout
       CAS_ANCHOR_CONTRACT    = var.anchor_contract
       CAS_ETH_MAX_FEE_GWEI   = var.eth_max_fee_gwei
+      CAS_QUEUE_MAX_RECEIVES = var.queue_max_receives
       CAS_METRICS_ADDR       = "0.0.0.0:${local.metrics_port}"
     }
   }

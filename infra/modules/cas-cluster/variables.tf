@@ -132,7 +132,7 @@ variable "ingest_queue_count" {
 }
 
 variable "queue_max_receives" {
-  description = "Receives of a message without a delete before SQS moves it to its dead-letter queue."
+  description = "Receives of a message without a delete before SQS moves it to its dead-letter queue (also CAS_QUEUE_MAX_RECEIVES of the worker, which announces a batch afresh before its message gets there for a passing failure)."
   type        = number
   default     = 5
 }
@@ -466,6 +466,12 @@ variable "oldest_batch_alarm_seconds" {
   description = "Alarm when the oldest batch message (a batch not yet anchored) is older than this."
   type        = number
   default     = 3600
+}
+
+variable "oldest_unbatched_alarm_seconds" {
+  description = "Alarm when an accepted request has been in no batch for longer than this (cas_oldest_unbatched_seconds, from the scheduler's sweeper; it covers requests whose publish was lost, which no queue holds). Must exceed the batch linger + 2 minutes, the bound after which the sweeper has re-published them."
+  type        = number
+  default     = 900
 }
 
 variable "alb_5xx_alarm_percent" {

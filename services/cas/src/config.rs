@@ -62,7 +62,9 @@ pub(crate) struct PipelineArgs {
     #[arg(long, env = "CAS_CREATE_QUEUES", default_value_t = false)]
     pub(crate) create_queues: bool,
 
-    /// Receives before a message moves to its dead-letter queue (when creating queues).
+    /// Receives before a message moves to its dead-letter queue: used when creating
+    /// queues, and by the worker, which announces a batch afresh before its message would
+    /// get there for a passing failure. Set it to the queues' maxReceiveCount.
     #[arg(long, env = "CAS_QUEUE_MAX_RECEIVES", default_value_t = 5)]
     pub(crate) max_receives: u32,
 
@@ -115,12 +117,15 @@ pub(crate) struct SchedulerArgs {
     #[arg(long, env = "CAS_INGEST_VISIBILITY", default_value = "15m", value_parser = parse_duration)]
     pub(crate) ingest_visibility: Duration,
 
-    /// Requests not in a batch after this long are re-published (must exceed the linger).
-    #[arg(long, env = "CAS_SWEEP_AGE", default_value = "10m", value_parser = parse_duration)]
-    pub(crate) sweep_age: Duration,
+    /// Requests not in a batch this long after they were accepted are re-published (a lost
+    /// publish, a dead-lettered message). Must exceed the linger. Default: the linger + 60 s,
+    /// so a request whose publish was lost waits at most about the linger + 90 s more.
+    #[arg(long, env = "CAS_SWEEP_AGE", value_parser = parse_duration)]
+    pub(crate) sweep_age: Option<Duration>,
 
-    /// How often the sweeper and the re-dispatch of stale batches run.
-    #[arg(long, env = "CAS_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    /// How often the sweeper and the re-dispatch of unannounced, stale and failed batches
+    /// run.
+    #[arg(long, env = "CAS_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub(crate) sweep_interval: Duration,
 
     /// Batches recorded but not anchored after this long are announced again.
@@ -209,7 +214,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) install_dev_contract: bool,
 
     /// How long a batch message stays hidden (extended while the batch is worked on).
-    #[arg(long, env = "CAS_BATCH_VISIBILITY", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "CAS_BATCH_VISIBILITY", default_value = "90s", value_parser = parse_duration)]
     pub(crate) batch_visibility: Duration,
 
     /// Threads for building Merkle trees (0 = all cores).

@@ -179,6 +179,7 @@ async fn run_with_chain(
             receive_wait: Duration::from_millis(500),
             retry_backoff: Duration::from_secs(5),
             reorg_check_interval: Duration::from_secs(10),
+            max_receives: Some(MAX_RECEIVES),
             ..cas_worker::WorkerConfig::default()
         },
     );

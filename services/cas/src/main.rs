@@ -197,7 +197,9 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         visibility: args.ingest_visibility,
         receive_wait: Duration::from_secs(1),
         receive_interval: Duration::from_millis(500),
-        sweep_age: args.sweep_age,
+        sweep_age: args
+            .sweep_age
+            .unwrap_or(args.batch_linger + Duration::from_secs(60)),
         sweep_interval: args.sweep_interval,
         redispatch_after: args.redispatch_after,
     };
@@ -310,6 +312,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             visibility: args.batch_visibility,
             build_threads: args.build_threads,
             reorg_check_interval: args.reorg_check_interval,
+            max_receives: Some(args.pipeline.max_receives),
             ..cas_worker::WorkerConfig::default()
         },
     );

@@ -20,7 +20,7 @@ pub(crate) struct Pipeline {
 
 /// Visibility timeouts used when the queues are created here.
 pub(crate) const INGEST_VISIBILITY: Duration = Duration::from_secs(15 * 60);
-pub(crate) const BATCH_VISIBILITY: Duration = Duration::from_secs(10 * 60);
+pub(crate) const BATCH_VISIBILITY: Duration = Duration::from_secs(90);
 
 async fn queue_url(
     client: &aws_sdk_sqs::Client,

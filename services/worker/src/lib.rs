@@ -132,17 +132,25 @@ pub struct WorkerConfig {
     /// reorganisation deeper than the confirmations): such batches are reopened and
     /// anchored again with the same transaction.
     pub reorg_check_interval: Duration,
+    /// Deliveries after which the batch queue moves a message to its dead-letter queue, if
+    /// known. A batch that keeps failing for a passing reason (the chain or the database
+    /// down for minutes) is then announced afresh before its message gets there, rather
+    /// than waiting in the dead-letter queue for the scheduler's re-dispatch.
+    pub max_receives: Option<u32>,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            visibility: Duration::from_secs(10 * 60),
+            // Extended every 30 s while the batch is worked on; after a crash the batch is
+            // picked up again within 90 s.
+            visibility: Duration::from_secs(90),
             receive_wait: Duration::from_secs(5),
             retry_backoff: Duration::from_secs(30),
             chunk_leaves: cas_merkle::DEFAULT_CHUNK_LEAVES,
             build_threads: 0,
             reorg_check_interval: Duration::from_secs(60),
+            max_receives: None,
         }
     }
 }
@@ -376,9 +384,44 @@ impl Worker {
                     error = %reason,
                     "batch failed, will retry"
                 );
+                let last_deliveries = self
+                    .config
+                    .max_receives
+                    .is_some_and(|max| message.receive_count.saturating_add(1) >= max);
+                if last_deliveries && self.announce_afresh(&message, stop).await {
+                    return;
+                }
                 self.release(&message, self.config.retry_backoff).await;
             }
         }
+    }
+
+    /// Replace a batch message that is about to run out of deliveries with a new one (its
+    /// receive count starts over), after the retry backoff. Returns whether it did; if not,
+    /// the old message is still held. A passing failure (an outage of minutes) thus never
+    /// sends a batch to the dead-letter queue; a batch that kills its worker still gets
+    /// there, as it never reaches this point.
+    async fn announce_afresh(&self, message: &Message, stop: &CancellationToken) -> bool {
+        let Ok(parsed) = BatchMessage::parse(&message.body) else {
+            return false;
+        };
+        // Held meanwhile: the backoff is shorter than the visibility a delivery starts with.
+        let backoff = self.config.retry_backoff.min(self.config.visibility / 2);
+        tokio::select! {
+            () = stop.cancelled() => {
+                self.release(message, Duration::ZERO).await;
+                return true;
+            }
+            () = tokio::time::sleep(backoff) => {}
+        }
+        if let Err(err) = self.batches.send(parsed.to_json()).await {
+            tracing::warn!(batch.id = %parsed.bid, error = %err, "announcing a batch afresh failed");
+            return false;
+        }
+        metrics::counter!("cas_batches_reannounced_total").increment(1);
+        tracing::info!(batch.id = %parsed.bid, receive_count = message.receive_count, "batch announced afresh before its message runs out of deliveries");
+        self.ack(message).await;
+        true
     }
 
     async fn ack(&self, message: &Message) {

@@ -302,3 +302,75 @@ async fn a_completed_batch_whose_anchor_the_chain_lost_is_reanchored_at_start() 
     assert_eq!(status.status(), RequestStatus::Completed);
     assert_eq!(rig.chain.signed(), 1);
 }
+
+/// The chain is down for longer than a batch message's deliveries last (three here, with a
+/// short backoff): the worker announces the batch afresh before its message would move to
+/// the dead-letter queue, so the batch is anchored as soon as the chain is back, not when
+/// the scheduler's re-dispatch (30 minutes) finds it. It used to sit in the dead-letter
+/// queue.
+#[tokio::test]
+async fn an_outage_longer_than_the_deliveries_does_not_dead_letter_the_batch() {
+    let rig = FakeRig::new(FakeChain::default()).await;
+    let (batch_id, _members) = closed_batch(&rig.store, rig.blobs.as_ref(), 3).await;
+    let dead = MemoryQueue::new();
+    let queue = Arc::new(MemoryQueue::with_dead_letter(3, dead.clone()));
+    let worker = Worker::new(
+        Arc::clone(&rig.store) as Arc<dyn RequestStore>,
+        Arc::clone(&queue) as Arc<dyn Queue>,
+        Arc::clone(&rig.blobs) as Arc<dyn BlobStore>,
+        Arc::clone(&rig.manager) as Arc<dyn RootAnchorer>,
+        WorkerConfig {
+            visibility: Duration::from_secs(30),
+            receive_wait: Duration::from_millis(100),
+            retry_backoff: Duration::from_millis(200),
+            max_receives: Some(3),
+            ..WorkerConfig::default()
+        },
+    );
+    queue
+        .send(BatchMessage::new(batch_id).to_json())
+        .await
+        .unwrap();
+
+    rig.chain.set_down(true);
+    for delivery in 1..=8 {
+        let got = queue
+            .receive(1, Duration::from_secs(30), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            got.len(),
+            1,
+            "delivery {delivery}: the batch message is gone"
+        );
+        worker.handle(got[0].clone()).await;
+        assert_eq!(dead.approximate_depth().await.unwrap(), 0, "dead-lettered");
+    }
+    assert!(
+        rig.store
+            .get_batch(batch_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .anchored
+            .is_none()
+    );
+
+    rig.chain.set_down(false);
+    let got = queue
+        .receive(1, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    worker.handle(got[0].clone()).await;
+    let record = rig.store.get_batch(batch_id).await.unwrap().unwrap();
+    let anchored = record.anchored.expect("anchored once the chain is back");
+    let root: Cid = anchored.root_cid.parse().unwrap();
+    let digest: [u8; 32] = root.hash().digest().try_into().unwrap();
+    assert_eq!(rig.chain.anchors_of(digest).len(), 1);
+    assert_eq!(
+        queue.approximate_depth().await.unwrap(),
+        0,
+        "nothing left queued"
+    );
+}
